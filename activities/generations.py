@@ -1,0 +1,250 @@
+"""The end of a generation: package the character, record the outcome, refund on
+failure, tell the owner. Each activity is idempotent, so Temporal may retry it freely."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from uuid import UUID
+
+from temporalio import activity
+from temporalio.common import RetryPolicy
+
+from activities.media import transcode_character
+from activities.runtime import Runtime
+from billing import ledger
+from infra import progress
+from infra.alerts import send_owner_alert
+from infra.database import records
+
+TRANSCODE_OPTIONS: dict[str, Any] = {
+    "start_to_close_timeout": timedelta(minutes=20),
+    "heartbeat_timeout": timedelta(seconds=30),
+    "retry_policy": RetryPolicy(maximum_attempts=3, non_retryable_error_types=["TranscodeError"]),
+}
+RECORD_OPTIONS: dict[str, Any] = {
+    "start_to_close_timeout": timedelta(seconds=30),
+    "retry_policy": RetryPolicy(maximum_interval=timedelta(seconds=10), maximum_attempts=0),
+    "schedule_to_close_timeout": timedelta(hours=24),
+}
+# A refund must land: retry (safely, it is idempotent) for up to a day before giving up
+# and telling the owner.
+REFUND_OPTIONS: dict[str, Any] = {
+    "start_to_close_timeout": timedelta(seconds=30),
+    "retry_policy": RetryPolicy(maximum_interval=timedelta(minutes=1), maximum_attempts=0),
+    "schedule_to_close_timeout": timedelta(hours=24),
+}
+ALERT_OPTIONS: dict[str, Any] = {
+    "start_to_close_timeout": timedelta(seconds=30),
+    "retry_policy": RetryPolicy(maximum_attempts=5, maximum_interval=timedelta(seconds=30)),
+}
+
+
+@dataclass
+class TranscodeInput:
+    generation_id: str
+    character_id: str
+    video_key: str
+    mask_key: str
+    fps: int
+    percent: int
+
+
+@dataclass
+class CharacterAssets:
+    webm_key: str
+    webp_key: str
+    png_key: str
+    width: int
+    height: int
+
+
+@dataclass
+class CompleteInput:
+    generation_id: str
+    user_id: str
+    character_id: str
+    prompt: str
+    assets: CharacterAssets
+
+
+@dataclass
+class RefundInput:
+    generation_id: str
+    idempotency_key: str
+    reason: str
+
+
+@dataclass
+class RefundResult:
+    refunded: bool
+    ledger_entry_id: int | None
+
+
+@dataclass
+class FailInput:
+    generation_id: str
+    status: str  # failed | cancelled
+    step: str
+    error_code: str
+    message: str
+    refunded: bool
+    percent: int
+
+
+@dataclass
+class AlertInput:
+    title: str
+    message: str
+    workflow_id: str
+    run_id: str
+    user_id: str
+
+
+class GenerationActivities:
+    def __init__(self, runtime: Runtime) -> None:
+        self.rt = runtime
+
+    @activity.defn
+    async def transcode(self, job: TranscodeInput) -> CharacterAssets:
+        await progress.publish(
+            self.rt.redis,
+            job.generation_id,
+            event="progress",
+            dedupe="transcode:start",
+            step="transcode",
+            message="Packaging your BitBuddy",
+            percent=job.percent,
+        )
+        async with self.rt.db.connection() as conn:
+            await records.set_generation_step(conn, UUID(job.generation_id), "transcode")
+        files = await transcode_character(
+            self.rt.storage,
+            video_key=job.video_key,
+            mask_key=job.mask_key,
+            out_prefix=f"characters/{job.character_id}/",
+            fps=job.fps,
+            heartbeat=activity.heartbeat,
+        )
+        return CharacterAssets(
+            webm_key=files.webm_key,
+            webp_key=files.webp_key,
+            png_key=files.png_key,
+            width=files.width,
+            height=files.height,
+        )
+
+    @activity.defn
+    async def complete_generation(self, done: CompleteInput) -> None:
+        """Record the character and the generation's success, then announce it."""
+        assets = done.assets
+        async with self.rt.db.connection() as conn, conn.transaction():
+            await records.insert_character(
+                conn,
+                records.Character(
+                    id=UUID(done.character_id),
+                    user_id=UUID(done.user_id),
+                    generation_id=UUID(done.generation_id),
+                    prompt=done.prompt,
+                    webm_key=assets.webm_key,
+                    webp_key=assets.webp_key,
+                    png_key=assets.png_key,
+                    width=assets.width,
+                    height=assets.height,
+                    created_at=datetime.now(UTC),
+                ),
+            )
+            await records.finish_generation(
+                conn,
+                UUID(done.generation_id),
+                status="completed",
+                step="completed",
+                character_id=UUID(done.character_id),
+            )
+        await progress.publish(
+            self.rt.redis,
+            done.generation_id,
+            event="completed",
+            dedupe="terminal",
+            step="completed",
+            message="Your BitBuddy is ready!",
+            percent=100,
+            character_id=done.character_id,
+        )
+
+    @activity.defn
+    async def refund_token(self, refund: RefundInput) -> RefundResult:
+        async with self.rt.db.connection() as conn, conn.transaction():
+            try:
+                entry = await ledger.refund(
+                    conn,
+                    charge_key=ledger.charge_key(UUID(refund.generation_id)),
+                    idempotency_key=refund.idempotency_key,
+                    reason=refund.reason[:500],
+                )
+            except ledger.NothingToRefund:
+                activity.logger.warning("no charge to refund for %s", refund.generation_id)
+                return RefundResult(refunded=False, ledger_entry_id=None)
+        activity.logger.info("refunded generation %s (entry %s)", refund.generation_id, entry.id)
+        return RefundResult(refunded=True, ledger_entry_id=entry.id)
+
+    @activity.defn
+    async def fail_generation(self, failure: FailInput) -> None:
+        """Record the failure, then publish the one terminal event."""
+        async with self.rt.db.connection() as conn, conn.transaction():
+            await records.finish_generation(
+                conn,
+                UUID(failure.generation_id),
+                status=failure.status,
+                step=failure.step,
+                error=failure.message,
+                error_code=failure.error_code,
+            )
+        await progress.publish(
+            self.rt.redis,
+            failure.generation_id,
+            event="failed",
+            dedupe="terminal",
+            step=failure.step,
+            message=failure.message,
+            percent=failure.percent,
+            error_code=failure.error_code,
+            status=failure.status,
+            refunded=failure.refunded,
+        )
+
+    @activity.defn
+    async def send_alert(self, alert: AlertInput) -> None:
+        settings = self.rt.settings
+        url = (
+            f"{settings.temporal_ui_url}/namespaces/{settings.temporal_namespace}"
+            f"/workflows/{alert.workflow_id}/{alert.run_id}/history"
+        )
+        await asyncio.to_thread(
+            send_owner_alert,
+            settings,
+            title=alert.title,
+            message=f"{alert.message}\nuser: {alert.user_id}\nworkflow: {alert.workflow_id}",
+            url=url,
+        )
+
+
+def all_activities(runtime: Runtime) -> tuple[list[Any], list[Any]]:
+    """(activities for the main task queue, activities for the media task queue)."""
+    from activities.models import ModelActivities
+
+    models = ModelActivities(runtime)
+    generations = GenerationActivities(runtime)
+    main = [
+        models.submit_model_job,
+        models.poll_model_job,
+        models.fetch_model_result,
+        models.release_model_job,
+        generations.complete_generation,
+        generations.refund_token,
+        generations.fail_generation,
+        generations.send_alert,
+    ]
+    return main, [generations.transcode]

@@ -1,0 +1,306 @@
+"""Model steps as three activities each - submit, poll, fetch - so a worker that dies
+while a job runs never pays for it twice: the job id is in workflow history after
+submit, and the poll simply resumes on another worker.
+
+Every call goes through `fal-client`; in local mode it reaches our own server that
+speaks fal's queue protocol (``infra/modelserver``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import mimetypes
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+from uuid import UUID
+
+import fal_client
+import httpx
+from temporalio import activity
+from temporalio.common import RetryPolicy
+from temporalio.exceptions import ApplicationError
+
+from activities.permits import get_globally_cached_semaphore
+from activities.runtime import Runtime
+from infra import progress
+from infra.database import records
+from infra.storage import CHUNK_SIZE
+
+# --- the options the workflow runs each activity with --------------------------------
+
+# A rejected request (4xx) fails identically every time: don't retry it.
+MODEL_REQUEST_REJECTED = "ModelRequestRejected"
+# The provider ran the job and it failed: resubmitting is the workflow's decision, not a retry.
+MODEL_JOB_FAILED = "ModelJobFailed"
+NON_RETRYABLE_MODEL_ERRORS = [MODEL_REQUEST_REJECTED, MODEL_JOB_FAILED]
+
+SUBMIT_OPTIONS: dict[str, Any] = {
+    # Waiting for a free permit can take a while under load; the heartbeat proves liveness.
+    "start_to_close_timeout": timedelta(minutes=30),
+    "heartbeat_timeout": timedelta(seconds=10),
+    "retry_policy": RetryPolicy(
+        initial_interval=timedelta(seconds=1),
+        maximum_interval=timedelta(seconds=30),
+        maximum_attempts=10,
+        non_retryable_error_types=NON_RETRYABLE_MODEL_ERRORS,
+    ),
+}
+POLL_HEARTBEAT_TIMEOUT = timedelta(seconds=5)
+POLL_OPTIONS: dict[str, Any] = {
+    # Retry forever, but notice a dead worker within seconds; give up on a job after an hour.
+    "heartbeat_timeout": POLL_HEARTBEAT_TIMEOUT,
+    "start_to_close_timeout": timedelta(minutes=10),
+    "schedule_to_close_timeout": timedelta(hours=1),
+    "retry_policy": RetryPolicy(
+        initial_interval=timedelta(milliseconds=200),
+        maximum_interval=timedelta(seconds=5),
+        maximum_attempts=0,
+        non_retryable_error_types=NON_RETRYABLE_MODEL_ERRORS,
+    ),
+}
+FETCH_OPTIONS: dict[str, Any] = {
+    "start_to_close_timeout": timedelta(minutes=10),
+    "heartbeat_timeout": timedelta(seconds=30),
+    "retry_policy": RetryPolicy(
+        maximum_attempts=5, non_retryable_error_types=NON_RETRYABLE_MODEL_ERRORS
+    ),
+}
+RELEASE_OPTIONS: dict[str, Any] = {
+    "start_to_close_timeout": timedelta(seconds=30),
+    "retry_policy": RetryPolicy(maximum_attempts=10, maximum_interval=timedelta(seconds=10)),
+}
+
+POLL_INTERVAL_SECONDS = 0.25
+INPUT_URL_TTL = timedelta(hours=2)
+
+
+@dataclass
+class ModelStepInput:
+    generation_id: str
+    user_id: str
+    step: str
+    app: str
+    # fal argument name -> storage key; turned into a URL the provider can fetch
+    files: dict[str, str]
+    params: dict[str, Any]
+    idempotency_key: str
+    message: str
+    percent: int
+    percent_end: int
+
+
+@dataclass
+class ModelJob:
+    generation_id: str
+    user_id: str
+    step: str
+    app: str
+    request_id: str
+    idempotency_key: str
+    message: str
+    percent: int
+    percent_end: int
+
+
+@dataclass
+class ModelOutput:
+    # result field -> storage key of the file it named
+    files: dict[str, str] = field(default_factory=dict)
+    # every other field of the result, small JSON only
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class ReleaseInput:
+    app: str
+    idempotency_key: str
+    request_id: str | None = None
+
+
+def _is_rejection(err: fal_client.client.FalClientHTTPError) -> bool:
+    return 400 <= err.status_code < 500 and err.status_code not in (408, 409, 429)
+
+
+class ModelActivities:
+    def __init__(self, runtime: Runtime) -> None:
+        self.rt = runtime
+
+    def _semaphore(self, app: str) -> Any:
+        return get_globally_cached_semaphore(
+            name=app, max_concurrency=self.rt.settings.model_concurrency
+        )
+
+    @property
+    def _ttl(self) -> timedelta:
+        return timedelta(seconds=self.rt.settings.model_permit_ttl_seconds)
+
+    @activity.defn
+    async def submit_model_job(self, step: ModelStepInput) -> ModelJob:
+        """Take a permit, then submit; a retry returns the job submitted before."""
+        job = ModelJob(
+            generation_id=step.generation_id,
+            user_id=step.user_id,
+            step=step.step,
+            app=step.app,
+            request_id="",
+            idempotency_key=step.idempotency_key,
+            message=step.message,
+            percent=step.percent,
+            percent_end=step.percent_end,
+        )
+        async with self.rt.db.connection() as conn:
+            cur = await conn.execute(
+                "SELECT request_id FROM provider_jobs WHERE idempotency_key = %s",
+                (step.idempotency_key,),
+            )
+            row = await cur.fetchone()
+            if row is not None:
+                job.request_id = row["request_id"]
+                return job
+            await records.set_generation_step(conn, UUID(step.generation_id), step.step)
+        await progress.publish(
+            self.rt.redis,
+            step.generation_id,
+            event="progress",
+            dedupe=f"{step.step}:start",
+            step=step.step,
+            message=step.message,
+            percent=step.percent,
+        )
+
+        await self._semaphore(step.app).acquire(
+            self.rt.db,
+            step.idempotency_key,
+            self._ttl,
+            while_waiting=lambda: activity.heartbeat("waiting for a model slot"),
+        )
+        arguments = dict(step.params)
+        for name, key in step.files.items():
+            arguments[name] = self.rt.storage.signed_url(key, expires_in=INPUT_URL_TTL)
+        try:
+            handle = await self.rt.fal.submit(step.app, arguments)
+        except fal_client.client.FalClientHTTPError as err:
+            if _is_rejection(err):
+                await self._semaphore(step.app).release(self.rt.db, step.idempotency_key)
+                raise ApplicationError(
+                    f"{step.app} rejected the request: {err}",
+                    type=MODEL_REQUEST_REJECTED,
+                    non_retryable=True,
+                ) from err
+            raise
+        async with self.rt.db.connection() as conn:
+            await conn.execute(
+                "INSERT INTO provider_jobs (idempotency_key, generation_id, step, app, request_id)"
+                " VALUES (%s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
+                (step.idempotency_key, step.generation_id, step.step, step.app, handle.request_id),
+            )
+        activity.logger.info(
+            "submitted %s job %s", step.app, handle.request_id, extra={"user_id": step.user_id}
+        )
+        job.request_id = handle.request_id
+        return job
+
+    @activity.defn
+    async def poll_model_job(self, job: ModelJob) -> None:
+        """Wait for the job, heartbeating each poll and keeping the permit's lease alive."""
+        semaphore = self._semaphore(job.app)
+        last_state = ""
+        while True:
+            try:
+                status = await self.rt.fal.status(job.app, job.request_id, with_logs=True)
+            except fal_client.client.FalClientHTTPError as err:
+                if err.status_code == 404:
+                    raise ApplicationError(
+                        f"{job.app} lost job {job.request_id}",
+                        type=MODEL_JOB_FAILED,
+                        non_retryable=True,
+                    ) from err
+                raise
+            await semaphore.renew(self.rt.db, job.idempotency_key, self._ttl)
+            state, message = _describe(status, job)
+            activity.heartbeat(state)
+            if isinstance(status, fal_client.Completed):
+                if status.error:
+                    raise ApplicationError(
+                        f"{job.app} job {job.request_id} failed: {status.error}",
+                        status.error_type,
+                        type=MODEL_JOB_FAILED,
+                        non_retryable=True,
+                    )
+                return
+            if state != last_state:
+                await progress.publish(
+                    self.rt.redis,
+                    job.generation_id,
+                    event="progress",
+                    dedupe=f"{job.step}:{state}",
+                    step=job.step,
+                    message=message,
+                    percent=job.percent,
+                )
+                last_state = state
+            await asyncio.sleep(POLL_INTERVAL_SECONDS)
+
+    @activity.defn
+    async def fetch_model_result(self, job: ModelJob) -> ModelOutput:
+        """Copy the job's files into our storage (streamed) and release the permit."""
+        try:
+            result = await self.rt.fal.result(job.app, job.request_id)
+        except fal_client.client.FalClientHTTPError as err:
+            if _is_rejection(err):
+                raise ApplicationError(
+                    f"{job.app} job {job.request_id} has no result: {err}",
+                    type=MODEL_JOB_FAILED,
+                    non_retryable=True,
+                ) from err
+            raise
+        output = ModelOutput()
+        async with httpx.AsyncClient(timeout=60.0, follow_redirects=True) as http:
+            for name, value in result.items():
+                if isinstance(value, dict) and isinstance(value.get("url"), str):
+                    content_type = value.get("content_type") or "application/octet-stream"
+                    ext = mimetypes.guess_extension(content_type) or ".bin"
+                    key = f"generations/{job.generation_id}/{job.step}/{name}{ext}"
+                    await self.rt.storage.write_stream(
+                        key, _download(http, value["url"]), content_type=content_type
+                    )
+                    output.files[name] = key
+                    output.data[name] = {k: v for k, v in value.items() if k != "url"}
+                else:
+                    output.data[name] = value
+        await self._semaphore(job.app).release(self.rt.db, job.idempotency_key)
+        return output
+
+    @activity.defn
+    async def release_model_job(self, release: ReleaseInput) -> None:
+        """Cleanup after a failed or cancelled step: stop the job if it may still run,
+        then give the permit back. Safe to repeat."""
+        if release.request_id:
+            try:
+                await self.rt.fal.cancel(release.app, release.request_id)
+            except fal_client.client.FalClientHTTPError as err:
+                if err.status_code >= 500:
+                    raise
+                # 400: already completed; 404: unknown. Nothing left to stop.
+        await self._semaphore(release.app).release(self.rt.db, release.idempotency_key)
+
+
+def _describe(status: fal_client.Status, job: ModelJob) -> tuple[str, str]:
+    if isinstance(status, fal_client.Queued):
+        return (
+            f"queued:{status.position}",
+            f"{job.message} (waiting in line, #{status.position + 1})",
+        )
+    if isinstance(status, fal_client.InProgress):
+        return "running", job.message
+    return "completed", job.message
+
+
+async def _download(http: httpx.AsyncClient, url: str) -> AsyncIterator[bytes]:
+    async with http.stream("GET", url) as response:
+        response.raise_for_status()
+        async for chunk in response.aiter_bytes(CHUNK_SIZE):
+            activity.heartbeat()
+            yield chunk

@@ -1,0 +1,45 @@
+"""What activities need from the outside world, built once per worker process."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import fal_client
+from infra.falclient import make_fal_client
+from psycopg_pool import AsyncConnectionPool
+from redis.asyncio import Redis
+
+from infra.database import open_pool
+from infra.settings import Settings
+from infra.storage import Storage, storage_from_settings
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    db: AsyncConnectionPool[Any]
+    redis: Redis
+    storage: Storage
+    fal: fal_client.AsyncClient
+
+
+@asynccontextmanager
+async def open_runtime(settings: Settings) -> AsyncIterator[Runtime]:
+    db = open_pool(settings.database_url, max_size=20)
+    await db.open(wait=True)
+    redis = Redis.from_url(settings.redis_url)
+    fal_key = settings.fal_key.get_secret_value() if settings.fal_key else None
+    try:
+        yield Runtime(
+            settings=settings,
+            db=db,
+            redis=redis,
+            storage=storage_from_settings(settings),
+            fal=make_fal_client(fal_key=fal_key, model_server_url=settings.model_server_url),
+        )
+    finally:
+        await redis.aclose()
+        await db.close()

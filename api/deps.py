@@ -1,0 +1,76 @@
+"""Dependencies, as Annotated aliases. Every long-lived client is created once in the
+lifespan (api/app.py) and reached through ``request.app.state``."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from psycopg import AsyncConnection
+from psycopg_pool import AsyncConnectionPool
+from redis.asyncio import Redis
+from temporalio.client import Client
+
+from api.errors import Unauthorized
+from infra.database import records
+from infra.settings import Settings
+from infra.storage import Storage
+
+
+def _settings(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+def _pool(request: Request) -> AsyncConnectionPool[Any]:
+    pool: AsyncConnectionPool[Any] = request.app.state.db
+    return pool
+
+
+async def _connection(request: Request) -> AsyncIterator[AsyncConnection[dict[str, Any]]]:
+    """A connection for the length of one request; callers commit what they write."""
+    async with request.app.state.db.connection() as conn:
+        yield conn
+
+
+def _redis(request: Request) -> Redis:
+    redis: Redis = request.app.state.redis
+    return redis
+
+
+def _temporal(request: Request) -> Client:
+    client: Client = request.app.state.temporal
+    return client
+
+
+def _storage(request: Request) -> Storage:
+    storage: Storage = request.app.state.storage
+    return storage
+
+
+SettingsDep = Annotated[Settings, Depends(_settings)]
+PoolDep = Annotated[AsyncConnectionPool[Any], Depends(_pool)]
+ConnDep = Annotated[AsyncConnection[dict[str, Any]], Depends(_connection)]
+RedisDep = Annotated[Redis, Depends(_redis)]
+TemporalDep = Annotated[Client, Depends(_temporal)]
+StorageDep = Annotated[Storage, Depends(_storage)]
+
+_bearer = HTTPBearer(auto_error=False)
+
+
+async def _current_user(
+    request: Request,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> records.User:
+    if credentials is None or credentials.scheme.lower() != "bearer":
+        raise Unauthorized("Send your token as 'Authorization: Bearer <token>'.")
+    async with request.app.state.db.connection() as conn:
+        user = await records.user_for_token(conn, credentials.credentials)
+    if user is None:
+        raise Unauthorized("This token is unknown or has expired; log in again.")
+    return user
+
+
+CurrentUser = Annotated[records.User, Depends(_current_user)]

@@ -1,0 +1,3 @@
+from infra.database import main
+
+main()

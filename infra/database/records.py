@@ -1,0 +1,237 @@
+"""Every SQL query about accounts, generations and characters (the ledger's live in
+``billing/ledger.py``). Functions take a connection so callers own the transaction."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+from uuid import UUID
+
+from psycopg import AsyncConnection
+
+Conn = AsyncConnection[dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class User:
+    id: UUID
+    email: str
+    password_hash: str
+
+
+@dataclass(frozen=True)
+class Generation:
+    id: UUID
+    user_id: UUID
+    idempotency_key: str | None
+    prompt: str
+    photo_key: str
+    status: str
+    step: str | None
+    error: str | None
+    error_code: str | None
+    character_id: UUID | None
+    created_at: datetime
+    updated_at: datetime
+
+
+@dataclass(frozen=True)
+class Character:
+    id: UUID
+    user_id: UUID
+    generation_id: UUID
+    prompt: str
+    webm_key: str
+    webp_key: str
+    png_key: str
+    width: int
+    height: int
+    created_at: datetime
+
+
+TERMINAL_STATUSES = frozenset({"completed", "failed", "cancelled"})
+
+
+# --- accounts ---------------------------------------------------------------------
+
+
+async def insert_user(conn: Conn, user_id: UUID, email: str, password_hash: str) -> bool:
+    """False when the email is taken (case-insensitively)."""
+    cur = await conn.execute(
+        "INSERT INTO users (id, email, password_hash) VALUES (%s, %s, %s)"
+        " ON CONFLICT DO NOTHING RETURNING id",
+        (user_id, email, password_hash),
+    )
+    return await cur.fetchone() is not None
+
+
+async def user_by_email(conn: Conn, email: str) -> User | None:
+    cur = await conn.execute(
+        "SELECT id, email, password_hash FROM users WHERE lower(email) = lower(%s)", (email,)
+    )
+    row = await cur.fetchone()
+    return User(**row) if row else None
+
+
+async def user_by_id(conn: Conn, user_id: UUID) -> User | None:
+    cur = await conn.execute("SELECT id, email, password_hash FROM users WHERE id = %s", (user_id,))
+    row = await cur.fetchone()
+    return User(**row) if row else None
+
+
+async def update_password_hash(conn: Conn, user_id: UUID, password_hash: str) -> None:
+    await conn.execute(
+        "UPDATE users SET password_hash = %s WHERE id = %s", (password_hash, user_id)
+    )
+
+
+def token_digest(token: str) -> bytes:
+    return hashlib.sha256(token.encode()).digest()
+
+
+async def insert_session(conn: Conn, token: str, user_id: UUID, ttl: timedelta) -> None:
+    await conn.execute(
+        "INSERT INTO sessions (token_hash, user_id, expires_at) VALUES (%s, %s, now() + %s)",
+        (token_digest(token), user_id, ttl),
+    )
+
+
+async def user_for_token(conn: Conn, token: str) -> User | None:
+    cur = await conn.execute(
+        "SELECT u.id, u.email, u.password_hash FROM sessions s JOIN users u ON u.id = s.user_id"
+        " WHERE s.token_hash = %s AND s.expires_at > now()",
+        (token_digest(token),),
+    )
+    row = await cur.fetchone()
+    return User(**row) if row else None
+
+
+# --- generations ------------------------------------------------------------------
+
+_GEN = (
+    "id, user_id, idempotency_key, prompt, photo_key, status, step, error, error_code,"
+    " character_id, created_at, updated_at"
+)
+
+
+async def insert_generation(
+    conn: Conn,
+    *,
+    generation_id: UUID,
+    user_id: UUID,
+    prompt: str,
+    photo_key: str,
+    idempotency_key: str | None,
+) -> bool:
+    """False when this user already has a generation under ``idempotency_key``."""
+    cur = await conn.execute(
+        "INSERT INTO generations (id, user_id, prompt, photo_key, idempotency_key)"
+        " VALUES (%s, %s, %s, %s, %s) ON CONFLICT DO NOTHING RETURNING id",
+        (generation_id, user_id, prompt, photo_key, idempotency_key),
+    )
+    return await cur.fetchone() is not None
+
+
+async def generation(conn: Conn, generation_id: UUID) -> Generation | None:
+    cur = await conn.execute(f"SELECT {_GEN} FROM generations WHERE id = %s", (generation_id,))
+    row = await cur.fetchone()
+    return Generation(**row) if row else None
+
+
+async def generation_by_key(conn: Conn, user_id: UUID, idempotency_key: str) -> Generation | None:
+    cur = await conn.execute(
+        f"SELECT {_GEN} FROM generations WHERE user_id = %s AND idempotency_key = %s",
+        (user_id, idempotency_key),
+    )
+    row = await cur.fetchone()
+    return Generation(**row) if row else None
+
+
+async def set_generation_step(conn: Conn, generation_id: UUID, step: str) -> None:
+    """Record the running step; never moves a finished generation back to running."""
+    await conn.execute(
+        "UPDATE generations SET status = 'running', step = %s, updated_at = now()"
+        " WHERE id = %s AND status IN ('queued', 'running')",
+        (step, generation_id),
+    )
+
+
+async def finish_generation(
+    conn: Conn,
+    generation_id: UUID,
+    *,
+    status: str,
+    step: str | None,
+    error: str | None = None,
+    error_code: str | None = None,
+    character_id: UUID | None = None,
+) -> Generation:
+    """Move to a terminal status once; a repeat leaves the first outcome in place."""
+    assert status in TERMINAL_STATUSES
+    await conn.execute(
+        "UPDATE generations SET status = %s, step = %s, error = %s, error_code = %s,"
+        " character_id = %s, updated_at = now()"
+        " WHERE id = %s AND status NOT IN ('completed', 'failed', 'cancelled')",
+        (status, step, error, error_code, character_id, generation_id),
+    )
+    found = await generation(conn, generation_id)
+    assert found is not None
+    return found
+
+
+async def stale_queued_generations(conn: Conn, older_than: timedelta) -> list[Generation]:
+    cur = await conn.execute(
+        f"SELECT {_GEN} FROM generations WHERE status = 'queued' AND created_at < now() - %s"
+        " ORDER BY created_at LIMIT 100",
+        (older_than,),
+    )
+    return [Generation(**row) for row in await cur.fetchall()]
+
+
+# --- characters -------------------------------------------------------------------
+
+_CHAR = "id, user_id, generation_id, prompt, webm_key, webp_key, png_key, width, height, created_at"
+
+
+async def insert_character(conn: Conn, character: Character) -> Character:
+    """Idempotent by generation: a retry returns the character recorded first."""
+    await conn.execute(
+        f"INSERT INTO characters ({_CHAR}) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+        " ON CONFLICT (generation_id) DO NOTHING",
+        (
+            character.id,
+            character.user_id,
+            character.generation_id,
+            character.prompt,
+            character.webm_key,
+            character.webp_key,
+            character.png_key,
+            character.width,
+            character.height,
+            character.created_at,
+        ),
+    )
+    cur = await conn.execute(
+        f"SELECT {_CHAR} FROM characters WHERE generation_id = %s", (character.generation_id,)
+    )
+    row = await cur.fetchone()
+    assert row is not None
+    return Character(**row)
+
+
+async def character_for_user(conn: Conn, character_id: UUID, user_id: UUID) -> Character | None:
+    cur = await conn.execute(
+        f"SELECT {_CHAR} FROM characters WHERE id = %s AND user_id = %s", (character_id, user_id)
+    )
+    row = await cur.fetchone()
+    return Character(**row) if row else None
+
+
+async def characters_for_user(conn: Conn, user_id: UUID, *, limit: int = 100) -> list[Character]:
+    cur = await conn.execute(
+        f"SELECT {_CHAR} FROM characters WHERE user_id = %s ORDER BY created_at DESC LIMIT %s",
+        (user_id, limit),
+    )
+    return [Character(**row) for row in await cur.fetchall()]

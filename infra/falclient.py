@@ -1,0 +1,64 @@
+"""One way to get a fal client: the real fal.ai with a key, our local server without.
+
+``fal_client`` takes its hosts from module constants (``QUEUE_URL_FORMAT``,
+``RUN_URL_FORMAT``, ``REST_URL``, ``CDN_URL``), read at call time, and only honours
+``FAL_RUN_HOST``/``FAL_QUEUE_RUN_HOST`` at import and always with ``https://``. So to
+reach ``python -m infra.modelserver`` over plain HTTP we point those constants at it.
+That patch is **process-wide**: every ``fal_client`` client in the process then talks
+to the local server. It is idempotent (same URL, same result) and is only ever applied
+when no fal key is configured, i.e. never in production. Asking for a real client later
+in the same process restores the real hosts.
+
+``AsyncBackupDomainTransport`` (the client's transport) cannot send local requests
+elsewhere: on a connection error it retries only hosts listed in
+``fal_client.client._BACKUP_DOMAINS`` (``fal.run``, ``queue.fal.run``); for any other
+host ``_fallback_url`` returns None and ``_backup_request`` re-raises the original
+error. Its connect-timeout cap also applies only to those hosts.
+``check_no_backup_for`` asserts this still holds for our URL, should fal_client change.
+"""
+
+from __future__ import annotations
+
+import fal_client
+import fal_client.client as fal_module
+import httpx
+
+_REAL_HOSTS = {
+    "QUEUE_URL_FORMAT": fal_module.QUEUE_URL_FORMAT,
+    "RUN_URL_FORMAT": fal_module.RUN_URL_FORMAT,
+    "REST_URL": fal_module.REST_URL,
+    "CDN_URL": fal_module.CDN_URL,
+}
+
+LOCAL_KEY = "local"  # sent as "Authorization: Key local"; the local server ignores it
+
+
+def make_fal_client(*, fal_key: str | None, model_server_url: str) -> fal_client.AsyncClient:
+    """A fal ``AsyncClient`` for fal.ai (``fal_key`` set) or the local model server."""
+    if fal_key is not None:
+        _set_hosts(_REAL_HOSTS)
+        return fal_client.AsyncClient(key=fal_key)
+    base = model_server_url.rstrip("/") + "/"
+    check_no_backup_for(base)
+    _set_hosts(
+        {
+            "QUEUE_URL_FORMAT": base,
+            "RUN_URL_FORMAT": base,
+            # fal_client appends paths to these two without a slash.
+            "REST_URL": base.rstrip("/"),
+            "CDN_URL": base.rstrip("/"),
+        }
+    )
+    return fal_client.AsyncClient(key=LOCAL_KEY)
+
+
+def check_no_backup_for(url: str) -> None:
+    """Fail loudly if fal_client would ever fail over ``url`` to another host."""
+    fallback = fal_module._fallback_url(httpx.URL(url))
+    if fallback is not None:
+        raise RuntimeError(f"fal_client would redirect {url} to backup host {fallback.host}")
+
+
+def _set_hosts(values: dict[str, str]) -> None:
+    for name, value in values.items():
+        setattr(fal_module, name, value)

@@ -1,0 +1,464 @@
+"""Jobs: queueing, running in a bounded thread pool, bookkeeping, faults, webhooks.
+
+One ``JobManager`` per server. All shared state sits behind one lock, held only for
+bookkeeping (never while a model runs). Jobs run on a ``ThreadPoolExecutor``: OpenCV,
+onnxruntime and ffmpeg (a subprocess) release the GIL, so ``workers`` jobs really do run
+in parallel. The pool's FIFO is mirrored in ``_queue`` so every waiting job can report
+its real queue position (0 = next to start).
+
+State lives in memory. Restarting the server loses queued and running jobs, exactly
+like a provider outage: callers see 404 for the old request ids and must resubmit.
+Finished jobs are forgotten after ``JOB_RETENTION_SECONDS``; ``/_local`` records and
+stats last until ``/_local/reset``.
+Finished jobs are also written to ``<data>/jobs/<id>.json`` for inspection, and
+output files stay on disk under ``<data>/files``.
+
+A cancelled job never starts if it was queued; if it was running, its thread is
+abandoned (the next ``log`` call inside the app raises ``JobCancelled``) and whatever
+it produces is discarded.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import shutil
+import threading
+import time
+import uuid
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from enum import StrEnum
+from pathlib import Path
+from typing import Any, Literal
+
+import httpx
+from pydantic import BaseModel, Field
+
+from infra.modelserver.apps.base import AppSpec, JobCancelled, JobError, OutputFile
+from infra.modelserver.files import FileStore
+
+logger = logging.getLogger("infra.modelserver")
+
+WEBHOOK_ATTEMPTS = 4
+WEBHOOK_TIMEOUT = httpx.Timeout(10.0)
+WEBHOOK_BACKOFF_SECONDS = 0.5
+
+CANCELLED_ERROR_TYPE = "request_cancelled"
+JOB_RETENTION_SECONDS = 6 * 3600  # finished jobs are forgotten (404) after this
+
+
+class State(StrEnum):
+    IN_QUEUE = "IN_QUEUE"
+    IN_PROGRESS = "IN_PROGRESS"
+    COMPLETED = "COMPLETED"
+
+
+FaultKind = Literal["error", "submit_500", "corrupt", "delay"]
+
+
+class FaultSpec(BaseModel):
+    """Body of ``POST /_local/faults``."""
+
+    app: str
+    kind: FaultKind
+    times: int = Field(1, ge=1)
+    seconds: float = Field(5.0, ge=0, le=600)
+
+
+@dataclass
+class Fault:
+    kind: FaultKind
+    remaining: int
+    seconds: float
+
+
+@dataclass
+class Job:
+    request_id: str
+    app: str
+    arguments: dict[str, Any]
+    inputs: BaseModel
+    webhook_url: str | None
+    fault: Fault | None
+    submitted_at: float = field(default_factory=time.time)
+    state: State = State.IN_QUEUE
+    logs: list[dict[str, Any]] = field(default_factory=list)
+    started_at: float | None = None
+    finished_at: float | None = None
+    result: dict[str, Any] | None = None
+    error: str | None = None
+    error_type: str | None = None
+    http_status: int = 200
+    cancelled: bool = False
+    generation: int = 0  # stats epoch (bumped by /_local/reset) the job belongs to
+
+    @property
+    def record_status(self) -> str:
+        if self.cancelled:
+            return "CANCELLED"
+        if self.state == State.COMPLETED and self.error is not None:
+            return "FAILED"
+        return self.state.value
+
+
+@dataclass
+class AppStats:
+    submitted: int = 0
+    completed: int = 0
+    failed: int = 0
+    cancelled: int = 0
+    in_flight: set[str] = field(default_factory=set)
+    max_in_flight: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return {
+            "submitted": self.submitted,
+            "completed": self.completed,
+            "failed": self.failed,
+            "cancelled": self.cancelled,
+            "in_flight": len(self.in_flight),
+            "max_in_flight": self.max_in_flight,
+        }
+
+
+@dataclass(frozen=True)
+class Rejected:
+    """A submission refused by an injected ``submit_500`` fault."""
+
+    request_id: str
+    app: str
+    arguments: dict[str, Any]
+    submitted_at: float = field(default_factory=time.time)
+    record_status: str = "REJECTED"
+
+
+def _iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).isoformat()
+
+
+class JobManager:
+    def __init__(
+        self, registry: dict[str, AppSpec[Any]], data_dir: Path, files: FileStore, workers: int
+    ) -> None:
+        self.registry = registry
+        self.files = files
+        self.work_root = data_dir / "work"
+        self.records_dir = data_dir / "jobs"
+        self.work_root.mkdir(parents=True, exist_ok=True)
+        self.records_dir.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._jobs: dict[str, Job] = {}
+        self._queue: list[str] = []
+        self._records: list[Job | Rejected] = []
+        self._stats: dict[str, AppStats] = {app: AppStats() for app in registry}
+        self._faults: dict[str, deque[Fault]] = {app: deque() for app in registry}
+        self._generation = 0
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="model-job")
+        self._webhooks = ThreadPoolExecutor(max_workers=2, thread_name_prefix="webhook")
+
+    # --- submission ---------------------------------------------------------------
+
+    def take_fault(self, app: str) -> Fault | None:
+        """The fault (if any) that applies to the next submission to ``app``."""
+        with self._lock:
+            queue = self._faults[app]
+            if not queue:
+                return None
+            head = queue[0]
+            head.remaining -= 1
+            if head.remaining <= 0:
+                queue.popleft()
+            return Fault(head.kind, 1, head.seconds)
+
+    def reject(self, app: str, arguments: dict[str, Any]) -> None:
+        with self._lock:
+            self._records.append(Rejected(uuid.uuid4().hex, app, arguments))
+
+    def submit(
+        self,
+        app: str,
+        arguments: dict[str, Any],
+        inputs: BaseModel,
+        webhook_url: str | None,
+        fault: Fault | None,
+    ) -> Job:
+        job = Job(str(uuid.uuid4()), app, arguments, inputs, webhook_url, fault)
+        with self._lock:
+            job.generation = self._generation
+            self._forget_old_jobs()
+            self._jobs[job.request_id] = job
+            self._queue.append(job.request_id)
+            self._records.append(job)
+            stats = self._stats[app]
+            stats.submitted += 1
+            stats.in_flight.add(job.request_id)
+            stats.max_in_flight = max(stats.max_in_flight, len(stats.in_flight))
+        self._pool.submit(self._run, job)
+        logger.info("submitted app=%s request_id=%s", app, job.request_id)
+        return job
+
+    def _forget_old_jobs(self) -> None:
+        """Drop long-finished jobs so a long-lived dev server does not grow forever."""
+        horizon = time.time() - JOB_RETENTION_SECONDS
+        old = [
+            rid
+            for rid, job in self._jobs.items()
+            if job.finished_at is not None and job.finished_at < horizon
+        ]
+        for rid in old:
+            del self._jobs[rid]
+
+    # --- queries ------------------------------------------------------------------
+
+    def get(self, app: str, request_id: str) -> Job | None:
+        job = self._jobs.get(request_id)
+        return job if job is not None and job.app == app else None
+
+    def status(self, job: Job, *, with_logs: bool) -> dict[str, Any]:
+        with self._lock:
+            body: dict[str, Any] = {"status": job.state.value, "request_id": job.request_id}
+            if job.state == State.IN_QUEUE:
+                body["queue_position"] = self._queue.index(job.request_id)
+            body["logs"] = [dict(line) for line in job.logs] if with_logs else None
+            if job.state == State.COMPLETED:
+                started = job.started_at or job.finished_at or job.submitted_at
+                body["metrics"] = {"inference_time": (job.finished_at or started) - started}
+                body["error"] = job.error
+                body["error_type"] = job.error_type
+            return body
+
+    def _stats_for(self, job: Job) -> AppStats:
+        """The job's app stats, or a throwaway if they were reset since it was submitted."""
+        return self._stats[job.app] if job.generation == self._generation else AppStats()
+
+    def mark_fetched(self, job: Job) -> None:
+        """A successful result fetch ends the job's time "in flight"."""
+        with self._lock:
+            self._stats_for(job).in_flight.discard(job.request_id)
+
+    def cancel(self, job: Job) -> bool:
+        """Cancel unless already finished; returns whether it was cancelled."""
+        with self._lock:
+            if job.state == State.COMPLETED:
+                return False
+            if job.state == State.IN_QUEUE:
+                self._queue.remove(job.request_id)
+            job.cancelled = True
+            job.state = State.COMPLETED
+            job.finished_at = time.time()
+            job.error = "Request was cancelled"
+            job.error_type = CANCELLED_ERROR_TYPE
+            job.http_status = 400
+            stats = self._stats_for(job)
+            stats.cancelled += 1
+            stats.in_flight.discard(job.request_id)
+        logger.info("cancelled app=%s request_id=%s", job.app, job.request_id)
+        self._save_record(job)
+        return True
+
+    # --- local test hooks ---------------------------------------------------------
+
+    def records(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return [
+                {
+                    "request_id": r.request_id,
+                    "app": r.app,
+                    "arguments": r.arguments,
+                    "submitted_at": _iso(r.submitted_at),
+                    "status": r.record_status,
+                }
+                for r in self._records
+            ]
+
+    def stats(self) -> dict[str, dict[str, int]]:
+        with self._lock:
+            return {app: s.as_dict() for app, s in self._stats.items()}
+
+    def add_fault(self, spec: FaultSpec) -> None:
+        with self._lock:
+            self._faults[spec.app].append(Fault(spec.kind, spec.times, spec.seconds))
+
+    def reset(self) -> None:
+        """Forget records, stats and pending faults (jobs themselves keep running)."""
+        with self._lock:
+            self._generation += 1
+            self._records.clear()
+            self._stats = {app: AppStats() for app in self.registry}
+            self._faults = {app: deque() for app in self.registry}
+
+    def shutdown(self) -> None:
+        with self._lock:
+            for job in self._jobs.values():
+                if job.state != State.COMPLETED:
+                    job.cancelled = True
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._webhooks.shutdown(wait=False, cancel_futures=True)
+
+    # --- running ------------------------------------------------------------------
+
+    def _log(self, job: Job, message: str, level: str = "INFO") -> None:
+        with self._lock:
+            if job.cancelled:
+                raise JobCancelled(job.request_id)
+            job.logs.append(
+                {
+                    "message": message,
+                    "level": level,
+                    "source": "USER",
+                    "timestamp": _iso(time.time()),
+                }
+            )
+
+    def _run(self, job: Job) -> None:
+        with self._lock:
+            if job.cancelled:
+                return
+            job.state = State.IN_PROGRESS
+            job.started_at = time.time()
+            self._queue.remove(job.request_id)
+        work_dir = self.work_root / job.request_id
+        published: list[Path] = []
+        try:
+            result = self._execute(job, work_dir, published)
+            if not self._finish(job, result=result):
+                for path in published:
+                    path.unlink(missing_ok=True)
+        except JobCancelled:
+            logger.info("abandoned app=%s request_id=%s", job.app, job.request_id)
+        except JobError as exc:
+            self._finish(job, error=exc)
+        except Exception as exc:
+            logger.exception("crashed app=%s request_id=%s", job.app, job.request_id)
+            self._finish(
+                job, error=JobError(f"{type(exc).__name__}: {exc}", error_type="internal_error")
+            )
+        finally:
+            shutil.rmtree(work_dir, ignore_errors=True)
+
+    def _execute(self, job: Job, work_dir: Path, published: list[Path]) -> dict[str, Any]:
+        def log(message: str) -> None:
+            self._log(job, message)
+
+        fault = job.fault
+        if fault is not None and fault.kind == "delay":
+            steps = max(1, math.ceil(fault.seconds))
+            for step in range(steps):
+                log(f"injected delay {step + 1}/{steps} s")
+                time.sleep(fault.seconds / steps)
+        if fault is not None and fault.kind == "error":
+            log("injected failure")
+            raise JobError("injected failure", error_type="model_error")
+        work_dir.mkdir(parents=True, exist_ok=True)
+        result = self.registry[job.app].run(job.inputs, work_dir, log)
+        log("publishing outputs")
+        corrupt = fault is not None and fault.kind == "corrupt"
+        published_result: dict[str, Any] = self._publish(result, corrupt, published)
+        return published_result
+
+    def _publish(self, value: Any, corrupt: bool, published: list[Path]) -> Any:
+        """Replace every ``OutputFile`` in a result with a served fal file object."""
+        if isinstance(value, OutputFile):
+            path, described = self.files.add(value)
+            published.append(path)
+            if corrupt:
+                self.files.corrupt(path)
+            return described
+        if isinstance(value, dict):
+            return {k: self._publish(v, corrupt, published) for k, v in value.items()}
+        if isinstance(value, list | tuple):
+            return [self._publish(v, corrupt, published) for v in value]
+        return value
+
+    def _finish(
+        self, job: Job, *, result: dict[str, Any] | None = None, error: JobError | None = None
+    ) -> bool:
+        """Record the outcome; False if the job was cancelled meanwhile (discarded)."""
+        with self._lock:
+            if job.cancelled:
+                return False
+            job.state = State.COMPLETED
+            job.finished_at = time.time()
+            stats = self._stats_for(job)
+            if error is None:
+                job.result = result
+                stats.completed += 1
+            else:
+                job.error, job.error_type, job.http_status = (
+                    error.message,
+                    error.error_type,
+                    error.http_status,
+                )
+                stats.failed += 1
+                stats.in_flight.discard(job.request_id)
+        elapsed = (job.finished_at or 0) - (job.started_at or 0)
+        if error is None:
+            logger.info("completed app=%s request_id=%s in %.2fs", job.app, job.request_id, elapsed)
+        else:
+            logger.info(
+                "failed app=%s request_id=%s in %.2fs: %s (%s)",
+                job.app,
+                job.request_id,
+                elapsed,
+                error.message,
+                error.error_type,
+            )
+        self._save_record(job)
+        if job.webhook_url:
+            try:
+                self._webhooks.submit(self._deliver_webhook, job)
+            except RuntimeError:  # shutting down
+                logger.warning("webhook for request_id=%s dropped at shutdown", job.request_id)
+        return True
+
+    def _save_record(self, job: Job) -> None:
+        record = {
+            "request_id": job.request_id,
+            "app": job.app,
+            "arguments": job.arguments,
+            "submitted_at": _iso(job.submitted_at),
+            "status": job.record_status,
+            "result": job.result,
+            "error": job.error,
+            "error_type": job.error_type,
+            "logs": job.logs,
+        }
+        try:
+            path = self.records_dir / f"{job.request_id}.json"
+            path.write_text(json.dumps(record, default=str, indent=1))
+        except OSError:
+            logger.warning("could not write job record %s", job.request_id, exc_info=True)
+
+    def _deliver_webhook(self, job: Job) -> None:
+        """POST the outcome to the caller's webhook; best effort, a few retries."""
+        assert job.webhook_url is not None
+        ok = job.error is None
+        body = {
+            "request_id": job.request_id,
+            "gateway_request_id": job.request_id,
+            "status": "OK" if ok else "ERROR",
+            "payload": job.result if ok else {"detail": job.error, "error_type": job.error_type},
+            "error": None if ok else job.error,
+        }
+        headers = {
+            "X-Fal-Webhook-Request-Id": job.request_id,
+            "X-Fal-Webhook-User-Id": "local",
+            "X-Fal-Webhook-Timestamp": str(int(time.time())),
+        }
+        for attempt in range(1, WEBHOOK_ATTEMPTS + 1):
+            try:
+                response = httpx.post(
+                    job.webhook_url, json=body, headers=headers, timeout=WEBHOOK_TIMEOUT
+                )
+                if response.status_code < 300:
+                    return
+                problem = f"status {response.status_code}"
+            except httpx.HTTPError as exc:
+                problem = f"{type(exc).__name__}: {exc}"
+            if attempt < WEBHOOK_ATTEMPTS:
+                time.sleep(WEBHOOK_BACKOFF_SECONDS * 2 ** (attempt - 1))
+        logger.warning("webhook for request_id=%s gave up: %s", job.request_id, problem)

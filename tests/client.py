@@ -1,0 +1,96 @@
+"""A small client of the public HTTP API, as the web app or the extension would use it."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+
+@dataclass
+class Event:
+    id: int
+    event: str
+    data: dict[str, Any]
+
+
+@dataclass
+class User:
+    http: httpx.AsyncClient
+    token: str
+    id: str
+    email: str
+    headers: dict[str, str] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.headers = {"Authorization": f"Bearer {self.token}"}
+
+    async def balance(self) -> int:
+        response = await self.http.get("/v1/me", headers=self.headers)
+        response.raise_for_status()
+        return int(response.json()["balance"])
+
+    async def generate(
+        self,
+        photo: bytes,
+        prompt: str = "a cheerful astronaut in gold",
+        *,
+        filename: str = "photo.png",
+        content_type: str = "image/png",
+        idempotency_key: str | None = None,
+    ) -> httpx.Response:
+        headers = dict(self.headers)
+        if idempotency_key:
+            headers["Idempotency-Key"] = idempotency_key
+        return await self.http.post(
+            "/v1/generations",
+            headers=headers,
+            files={"photo": (filename, photo, content_type)},
+            data={"prompt": prompt},
+        )
+
+    async def events(self, generation_id: str, *, last_event_id: int | None = None) -> list[Event]:
+        """Follow the stream until it ends (after the terminal event)."""
+        headers = dict(self.headers)
+        if last_event_id is not None:
+            headers["Last-Event-ID"] = str(last_event_id)
+        found: list[Event] = []
+        current: dict[str, str] = {}
+        async with self.http.stream(
+            "GET", f"/v1/generations/{generation_id}/events", headers=headers, timeout=300.0
+        ) as response:
+            response.raise_for_status()
+            assert response.headers["content-type"].startswith("text/event-stream")
+            async for line in response.aiter_lines():
+                line = line.rstrip("\r")
+                if not line:
+                    if "data" in current:
+                        found.append(
+                            Event(int(current["id"]), current["event"], json.loads(current["data"]))
+                        )
+                    current = {}
+                    continue
+                if line.startswith(":"):
+                    continue
+                name, _, value = line.partition(":")
+                current[name] = value[1:] if value.startswith(" ") else value
+        return found
+
+    async def generation(self, generation_id: str) -> dict[str, Any]:
+        response = await self.http.get(f"/v1/generations/{generation_id}", headers=self.headers)
+        response.raise_for_status()
+        body: dict[str, Any] = response.json()
+        return body
+
+
+async def signup(http: httpx.AsyncClient) -> User:
+    email = f"user-{uuid.uuid4().hex[:12]}@example.com"
+    response = await http.post(
+        "/v1/auth/signup", json={"email": email, "password": "correct horse"}
+    )
+    assert response.status_code == 201, response.text
+    body = response.json()
+    return User(http=http, token=body["token"], id=body["user"]["id"], email=email)

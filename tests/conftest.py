@@ -1,0 +1,112 @@
+"""One real stack per test session: Temporal dev server, Redis, PostgreSQL, the local
+model server, a worker and the API, each a real process started by infra/services.py
+exactly as `make dev` starts them (on free ports, in a temporary data folder)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from importlib.resources import files
+from pathlib import Path
+
+import httpx
+import pytest
+from psycopg_pool import AsyncConnectionPool
+
+from infra import services
+from infra.database import migrate, open_pool
+
+FIXTURES = Path(__file__).parent / "fixtures"
+TEST_ENV = {
+    # Small and short, so the whole pipeline runs in seconds on two cores.
+    "BITBUDDIES_RENDER_SIZE": "256",
+    "BITBUDDIES_ANIMATION_FPS": "12",
+    "BITBUDDIES_ANIMATION_SECONDS": "2",
+    "BITBUDDIES_MODEL_CONCURRENCY": "2",
+    "BITBUDDIES_SIGNUP_TOKENS": "3",
+    "BITBUDDIES_LOG_LEVEL": "INFO",
+}
+
+
+def photo(name: str) -> bytes:
+    """Public-domain photos shipped inside scikit-image's wheel (never imported)."""
+    return (files("skimage") / "data" / name).read_bytes()
+
+
+@dataclass
+class Stack:
+    cfg: services.StackConfig
+    worker: services.Managed
+
+    def restart_worker(self) -> None:
+        self.worker.stop()
+        self.worker = services.worker(self.cfg)
+        self.worker.start()
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    data_dir = tmp_path_factory.mktemp("stack")
+    cfg = services.StackConfig(
+        data_dir=data_dir,
+        ports=services.Ports.random(),
+        persistent=False,
+        temporal_ui=False,
+        model_workers=2,
+        extra_env=TEST_ENV,
+    )
+    for key, value in {**cfg.app_env(), **TEST_ENV}.items():
+        os.environ[key] = value  # in-process helpers read the same settings
+    started: list[services.Managed] = []
+    try:
+        for service in services.infrastructure(cfg):
+            service.start()
+            started.append(service)
+        services.ensure_database(cfg)
+        asyncio.run(migrate(cfg.database_url))
+        for service in (services.model_server(cfg), services.api(cfg)):
+            service.start()
+            started.append(service)
+        stack = Stack(cfg=cfg, worker=services.worker(cfg))
+        stack.worker.start()
+        yield stack
+        stack.worker.stop()
+    finally:
+        for service in reversed(started):
+            service.stop()
+
+
+@pytest.fixture(scope="session")
+async def db(stack: Stack) -> AsyncIterator[AsyncConnectionPool]:  # type: ignore[type-arg]
+    pool = open_pool(stack.cfg.database_url, max_size=30)
+    await pool.open(wait=True)
+    yield pool
+    await pool.close()
+
+
+@pytest.fixture
+async def http(stack: Stack) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=stack.cfg.api_url, timeout=60.0) as client:
+        yield client
+
+
+@pytest.fixture
+async def models(stack: Stack) -> AsyncIterator[httpx.AsyncClient]:
+    """The local model server's test hooks (/_local/...), reset before each test."""
+    async with httpx.AsyncClient(base_url=stack.cfg.model_server_url, timeout=30.0) as client:
+        (await client.post("/_local/reset")).raise_for_status()
+        yield client
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    # FACTS.md: processes using the Temporal SDK sometimes crash at interpreter exit
+    # (sdk-python#300); leave with pytest's own status instead.
+    status = getattr(config, "_bitbuddies_exitstatus", None)
+    if status is not None:
+        os._exit(int(status))
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    session.config._bitbuddies_exitstatus = exitstatus  # type: ignore[attr-defined]

@@ -1,0 +1,102 @@
+"""Helpers shared by the model server tests (fixtures live in conftest.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import importlib.resources
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import fal_client
+import httpx
+import imageio_ffmpeg
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[2]
+FIXTURES = REPO / "tests" / "fixtures"
+WORKERS = 2
+SIZE = 256
+FPS = 12
+
+
+@dataclass(frozen=True)
+class ModelServer:
+    url: str
+    data_dir: Path
+    log_path: Path
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+def skimage_png(name: str) -> bytes:
+    """One of scikit-image's bundled public-domain test photos (never imported)."""
+    return (importlib.resources.files("skimage") / "data" / name).read_bytes()
+
+
+def data_uri(data: bytes, mime: str = "image/png") -> str:
+    return f"data:{mime};base64,{base64.b64encode(data).decode()}"
+
+
+async def wait_idle(local: httpx.AsyncClient, timeout: float = 60) -> None:
+    """Wait until no job is queued or running, so one test's load never leaks into the next."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        records = (await local.get("/_local/requests")).json()
+        if not any(r["status"] in ("IN_QUEUE", "IN_PROGRESS") for r in records):
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("model server still busy")
+
+
+async def add_fault(
+    local: httpx.AsyncClient, app: str, kind: str, times: int = 1, seconds: float = 5.0
+) -> None:
+    response = await local.post(
+        "/_local/faults", json={"app": app, "kind": kind, "times": times, "seconds": seconds}
+    )
+    response.raise_for_status()
+
+
+async def wait_for(
+    handle: fal_client.AsyncRequestHandle, kind: type[Any], timeout: float = 30
+) -> Any:
+    """Poll until the request's status is an instance of ``kind``; return that status."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status = await handle.status(with_logs=True)
+        if isinstance(status, kind):
+            return status
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"request {handle.request_id} never reached {kind.__name__}")
+
+
+async def run(fal: fal_client.AsyncClient, app: str, arguments: dict[str, Any]) -> dict[str, Any]:
+    """Submit, wait, fetch: what the pipeline does for one model call."""
+    handle = await fal.submit(app, arguments)
+    result: dict[str, Any] = await handle.get(interval=0.02)
+    return result
+
+
+async def download(url: str) -> httpx.Response:
+    async with httpx.AsyncClient(timeout=30) as client:
+        response = await client.get(url)
+        response.raise_for_status()
+        return response
+
+
+async def decode(url: str) -> tuple[list[np.ndarray[Any, Any]], dict[str, Any]]:
+    """Download and decode a video with imageio-ffmpeg's reader (not the server's code)."""
+    body = (await download(url)).content
+    with tempfile.NamedTemporaryFile(suffix=".mp4") as tmp:
+        tmp.write(body)
+        tmp.flush()
+        reader = imageio_ffmpeg.read_frames(tmp.name)
+        meta: dict[str, Any] = next(reader)
+        width, height = meta["size"]
+        frames = [np.frombuffer(f, np.uint8).reshape(height, width, 3) for f in reader]
+    return frames, meta

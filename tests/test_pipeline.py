@@ -1,0 +1,98 @@
+"""A photo becomes a character, end to end, through the public HTTP API."""
+
+from __future__ import annotations
+
+import io
+
+import ffmpeg
+import httpx
+import imageio_ffmpeg
+import numpy as np
+from PIL import Image
+
+from tests.client import User, signup
+from tests.conftest import Stack, photo
+
+PIPELINE = ["nsfw_filter", "analyze", "cartoonify", "segment_image", "animate", "segment_video"]
+
+
+def _decode_webm_alpha(data: bytes) -> np.ndarray:
+    """Frames as RGBA, decoded with libvpx: FFmpeg's native VP9 decoder drops alpha."""
+    out, _ = (
+        ffmpeg.input("pipe:", vcodec="libvpx-vp9")
+        .output("pipe:", format="rawvideo", pix_fmt="rgba")
+        .run(cmd=imageio_ffmpeg.get_ffmpeg_exe(), input=data, capture_stdout=True, quiet=True)
+    )
+    return np.frombuffer(out, np.uint8)
+
+
+async def test_photo_becomes_an_animated_transparent_character(
+    stack: Stack, http: httpx.AsyncClient
+) -> None:
+    user = await signup(http)
+    assert await user.balance() == 3
+
+    response = await user.generate(photo("astronaut.png"))
+    assert response.status_code == 202, response.text
+    created = response.json()
+    assert created["status"] == "queued"
+    assert created["events_url"].endswith(f"/v1/generations/{created['id']}/events")
+    assert await user.balance() == 2
+
+    events = await user.events(created["id"])
+    assert [e.id for e in events] == list(range(1, len(events) + 1))
+    assert events[-1].event == "completed", events[-1]
+    assert all(e.event == "progress" for e in events[:-1])
+    for event in events:
+        assert {"step", "message", "percent"} <= event.data.keys()
+    started = [e.data["step"] for e in events if e.event == "progress"]
+    order = list(dict.fromkeys(started))
+    assert [s for s in order if s in PIPELINE] == PIPELINE
+    assert order[-1] == "transcode"
+    percents = [e.data["percent"] for e in events]
+    assert percents == sorted(percents) and percents[-1] == 100
+
+    generation = await user.generation(created["id"])
+    assert generation["status"] == "completed"
+    character_id = events[-1].data["character_id"]
+    assert generation["character_id"] == character_id
+    assert await user.balance() == 2
+
+    character = (await http.get(f"/v1/characters/{character_id}", headers=user.headers)).json()
+    assets = character["assets"]
+    webm = (await http.get(assets["webm"])).content
+    rgba = _decode_webm_alpha(webm).reshape(-1, 4)
+    alpha = rgba[:, 3]
+    assert (alpha < 16).mean() > 0.05, "background must be transparent"
+    assert (alpha > 240).mean() > 0.05, "the character must be opaque"
+
+    webp = Image.open(io.BytesIO((await http.get(assets["webp"])).content))
+    assert webp.format == "WEBP" and getattr(webp, "n_frames", 1) > 1
+    png = Image.open(io.BytesIO((await http.get(assets["png"])).content))
+    assert png.mode == "RGBA"
+    assert np.asarray(png)[..., 3].min() == 0
+
+    listed = (await http.get("/v1/characters", headers=user.headers)).json()["characters"]
+    assert [c["id"] for c in listed] == [character_id]
+
+
+async def test_a_late_or_reconnecting_client_gets_every_missed_event(
+    stack: Stack, http: httpx.AsyncClient
+) -> None:
+    user = await signup(http)
+    created = (await user.generate(photo("astronaut.png"))).json()
+    everything = await user.events(created["id"])
+    assert everything[-1].event == "completed"
+
+    for cut in (1, len(everything) // 2, len(everything) - 1):
+        resumed = await user.events(created["id"], last_event_id=cut)
+        assert resumed == everything[cut:]
+    # after the terminal event there is nothing more, and the stream ends at once
+    assert await user.events(created["id"], last_event_id=everything[-1].id) == []
+
+
+async def _finish(user: User, response: httpx.Response) -> tuple[dict, list]:  # type: ignore[type-arg]
+    assert response.status_code == 202, response.text
+    generation_id = response.json()["id"]
+    events = await user.events(generation_id)
+    return await user.generation(generation_id), events

@@ -1,0 +1,131 @@
+"""Every charged token ends as a delivered character or exactly one refund."""
+
+from __future__ import annotations
+
+import uuid
+
+import httpx
+import pytest
+from psycopg_pool import AsyncConnectionPool
+
+from billing import ledger
+from tests.client import User, signup
+from tests.conftest import FIXTURES, Stack, photo
+
+
+async def _run(user: User, picture: bytes) -> tuple[dict, list]:  # type: ignore[type-arg]
+    response = await user.generate(picture)
+    assert response.status_code == 202, response.text
+    generation_id = response.json()["id"]
+    events = await user.events(generation_id)
+    return await user.generation(generation_id), events
+
+
+async def _ledger(db: AsyncConnectionPool, generation_id: str) -> list[str]:  # type: ignore[type-arg]
+    async with db.connection() as conn:
+        entries = await ledger.entries_for_generation(conn, uuid.UUID(generation_id))
+    return [e.kind for e in entries]
+
+
+async def test_nsfw_photo_fails_with_a_clear_message_and_is_refunded(
+    stack: Stack,
+    http: httpx.AsyncClient,
+    db: AsyncConnectionPool,
+    models: httpx.AsyncClient,  # type: ignore[type-arg]
+) -> None:
+    user = await signup(http)
+    generation, events = await _run(user, (FIXTURES / "nsfw_probe.png").read_bytes())
+    assert generation["status"] == "failed"
+    assert "safe for work" in generation["error"]
+    assert events[-1].event == "failed"
+    assert events[-1].data["error_code"] == "nsfw" and events[-1].data["refunded"] is True
+    assert await user.balance() == 3
+    assert await _ledger(db, generation["id"]) == ["charge", "refund"]
+    # rejected before spending on anything else
+    submitted = {r["app"] for r in (await models.get("/_local/requests")).json()}
+    assert submitted == {"bitbuddies/nsfw-filter"}
+
+
+async def test_photo_without_a_face_fails_with_a_clear_message_and_is_refunded(
+    stack: Stack,
+    http: httpx.AsyncClient,
+    db: AsyncConnectionPool,  # type: ignore[type-arg]
+) -> None:
+    user = await signup(http)
+    generation, events = await _run(user, photo("coffee.png"))
+    assert generation["status"] == "failed"
+    assert "face" in generation["error"].lower()
+    assert events[-1].data["error_code"] == "unusable_photo"
+    assert await user.balance() == 3
+    assert await _ledger(db, generation["id"]) == ["charge", "refund"]
+
+
+FAULTS = [
+    ("bitbuddies/nsfw-filter", "error", "nsfw_filter"),
+    ("bitbuddies/analyze", "error", "analyze"),
+    ("bitbuddies/cartoonify", "error", "cartoonify"),
+    ("bitbuddies/segment-image", "error", "segment_image"),
+    ("bitbuddies/animate", "error", "animate"),
+    ("bitbuddies/segment-video", "error", "segment_video"),
+    # a provider that "succeeds" with a broken video: ffmpeg fails for real at transcode
+    ("bitbuddies/segment-video", "corrupt", "transcode"),
+]
+
+
+@pytest.mark.parametrize(("app", "kind", "step"), FAULTS, ids=[f[2] + "-" + f[1] for f in FAULTS])
+async def test_a_failure_at_each_step_refunds_exactly_once(
+    stack: Stack,
+    http: httpx.AsyncClient,
+    db: AsyncConnectionPool,  # type: ignore[type-arg]
+    models: httpx.AsyncClient,
+    app: str,
+    kind: str,
+    step: str,
+) -> None:
+    (
+        await models.post("/_local/faults", json={"app": app, "kind": kind, "times": 1})
+    ).raise_for_status()
+    user = await signup(http)
+    generation, events = await _run(user, photo("astronaut.png"))
+    assert generation["status"] == "failed"
+    assert generation["step"] == step
+    assert generation["character_id"] is None
+    terminal = [e for e in events if e.event in ("completed", "failed")]
+    assert len(terminal) == 1 and terminal[0] is events[-1]
+    assert events[-1].data["error_code"] == "internal"
+    assert events[-1].data["refunded"] is True
+    assert await user.balance() == 3
+    assert await _ledger(db, generation["id"]) == ["charge", "refund"]
+    # no permit is left behind by the failed step
+    async with db.connection() as conn:
+        cur = await conn.execute("SELECT count(*) AS n FROM provider_permits")
+        row = await cur.fetchone()
+    assert row is not None and row["n"] == 0
+
+
+async def test_a_refund_retried_with_any_key_moves_money_once(
+    stack: Stack,
+    http: httpx.AsyncClient,
+    db: AsyncConnectionPool,  # type: ignore[type-arg]
+) -> None:
+    user = await signup(http)
+    generation_id = uuid.uuid4()
+    async with db.connection() as conn, conn.transaction():
+        await conn.execute(
+            "INSERT INTO generations (id, user_id, prompt, photo_key) VALUES (%s, %s, 'p', 'k')",
+            (generation_id, uuid.UUID(user.id)),
+        )
+        await ledger.charge(
+            conn,
+            uuid.UUID(user.id),
+            idempotency_key=ledger.charge_key(generation_id),
+            generation_id=generation_id,
+        )
+    assert await user.balance() == 2
+    for key in ("refund:a", "refund:a", "refund:b"):
+        async with db.connection() as conn, conn.transaction():
+            await ledger.refund(
+                conn, charge_key=ledger.charge_key(generation_id), idempotency_key=key, reason="t"
+            )
+    assert await user.balance() == 3
+    assert await _ledger(db, str(generation_id)) == ["charge", "refund"]

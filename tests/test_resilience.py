@@ -1,0 +1,79 @@
+"""Crashes and load: a killed worker resumes without resubmitting; the provider cap holds."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+
+import httpx
+
+from tests.client import signup
+from tests.conftest import Stack, photo
+
+STEP_APPS = {
+    "nsfw_filter": "bitbuddies/nsfw-filter",
+    "analyze": "bitbuddies/analyze",
+    "cartoonify": "bitbuddies/cartoonify",
+    "expand": "bitbuddies/cartoonify",
+    "segment_image": "bitbuddies/segment-image",
+    "animate": "bitbuddies/animate",
+    "segment_video": "bitbuddies/segment-video",
+}
+APPS = sorted(set(STEP_APPS.values()))
+
+
+async def _wait_for(predicate, timeout: float = 60.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not await predicate():
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.1)
+
+
+async def test_a_worker_killed_mid_poll_resumes_on_a_new_worker_without_resubmitting(
+    stack: Stack, http: httpx.AsyncClient, models: httpx.AsyncClient
+) -> None:
+    fault = {"app": "bitbuddies/animate", "kind": "delay", "times": 1, "seconds": 6}
+    (await models.post("/_local/faults", json=fault)).raise_for_status()
+    user = await signup(http)
+    created = (await user.generate(photo("astronaut.png"))).json()
+    stream = asyncio.create_task(user.events(created["id"]))
+
+    async def animating() -> bool:
+        requests = (await models.get("/_local/requests")).json()
+        return any(
+            r["app"] == "bitbuddies/animate" and r["status"] == "IN_PROGRESS" for r in requests
+        )
+
+    await _wait_for(animating)
+    stack.worker.kill()  # SIGKILL: no cleanup, permits and polls die with it
+    health = await http.get("/healthz")
+    assert health.status_code == 503
+    stack.restart_worker()
+
+    events = await asyncio.wait_for(stream, 180)
+    assert events[-1].event == "completed", events[-1]
+    requests = (await models.get("/_local/requests")).json()
+    mine = Counter(r["app"] for r in requests if created["id"] in str(r["arguments"]))
+    steps = {e.data["step"] for e in events} & STEP_APPS.keys()
+    assert mine == Counter(STEP_APPS[step] for step in steps)  # exactly one submission a step
+    assert (await http.get("/healthz")).status_code == 200
+
+
+async def test_twenty_generations_with_a_cap_of_two_never_exceed_two_jobs_in_flight(
+    stack: Stack, http: httpx.AsyncClient, models: httpx.AsyncClient
+) -> None:
+    users = [await signup(http) for _ in range(10)]
+    responses = await asyncio.gather(
+        *(u.generate(photo("astronaut.png")) for u in users for _ in range(2))
+    )
+    assert [r.status_code for r in responses] == [202] * 20
+    owners = [u for u in users for _ in range(2)]
+    streams = await asyncio.gather(
+        *(u.events(r.json()["id"]) for u, r in zip(owners, responses, strict=True))
+    )
+    assert [s[-1].event for s in streams] == ["completed"] * 20
+    stats = (await models.get("/_local/stats")).json()
+    for app in APPS:
+        assert stats[app]["submitted"] >= 20, app
+        assert 1 <= stats[app]["max_in_flight"] <= 2, (app, stats[app])

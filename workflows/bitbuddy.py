@@ -1,0 +1,322 @@
+"""The BitBuddy workflow: orchestration only. Every model call, file, database row and
+message is an activity; this code decides order, reacts to outcomes, and makes sure a
+charged token ends as a delivered character or exactly one refund.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import Any
+
+from temporalio import workflow
+from temporalio.exceptions import ApplicationError, is_cancelled_exception
+
+with workflow.unsafe.imports_passed_through():
+    from activities.generations import (
+        ALERT_OPTIONS,
+        RECORD_OPTIONS,
+        REFUND_OPTIONS,
+        TRANSCODE_OPTIONS,
+        AlertInput,
+        CharacterAssets,
+        CompleteInput,
+        FailInput,
+        GenerationActivities,
+        RefundInput,
+        RefundResult,
+        TranscodeInput,
+    )
+    from activities.models import (
+        FETCH_OPTIONS,
+        POLL_OPTIONS,
+        RELEASE_OPTIONS,
+        SUBMIT_OPTIONS,
+        ModelActivities,
+        ModelJob,
+        ModelOutput,
+        ModelStepInput,
+        ReleaseInput,
+    )
+
+PHOTO_REJECTED = "PhotoRejected"
+
+
+@dataclass(frozen=True)
+class Step:
+    name: str
+    app: str
+    message: str
+    percent: int
+    percent_end: int
+
+
+NSFW_FILTER = Step("nsfw_filter", "bitbuddies/nsfw-filter", "Checking your photo", 0, 10)
+ANALYZE = Step("analyze", "bitbuddies/analyze", "Finding you in the photo", 10, 20)
+CARTOONIFY = Step("cartoonify", "bitbuddies/cartoonify", "Drawing your cartoon", 20, 32)
+EXPAND = Step("expand", "bitbuddies/cartoonify", "Drawing the rest of you", 32, 40)
+SEGMENT_IMAGE = Step(
+    "segment_image", "bitbuddies/segment-image", "Cutting out your character", 40, 50
+)
+ANIMATE = Step("animate", "bitbuddies/animate", "Bringing it to life", 50, 75)
+SEGMENT_VIDEO = Step("segment_video", "bitbuddies/segment-video", "Tracing every frame", 75, 85)
+TRANSCODE_PERCENT = 85
+
+
+@dataclass
+class RenderSpec:
+    size: int = 512
+    fps: int = 24
+    seconds: float = 5.0
+    nsfw_threshold: float = 0.5
+
+
+@dataclass
+class BitBuddyInput:
+    generation_id: str
+    user_id: str
+    prompt: str
+    photo_key: str
+    render: RenderSpec
+    media_task_queue: str
+
+
+@dataclass
+class BitBuddyResult:
+    character_id: str
+
+
+@dataclass
+class GenerationStatus:
+    step: str
+    percent: int
+
+
+def _rejected(code: str, message: str) -> ApplicationError:
+    return ApplicationError(message, code, type=PHOTO_REJECTED, non_retryable=True)
+
+
+@workflow.defn(name="BitBuddy")
+class BitBuddyWorkflow:
+    def __init__(self) -> None:
+        self._step = "queued"
+        self._percent = 0
+
+    @workflow.query
+    def status(self) -> GenerationStatus:
+        return GenerationStatus(step=self._step, percent=self._percent)
+
+    @workflow.run
+    async def run(self, job: BitBuddyInput) -> BitBuddyResult:
+        # The API charged the token before starting us. From here on every way out
+        # either delivers the character or refunds - including cancellation, which
+        # reaches us as ActivityError(cause=CancelledError) or as CancelledError.
+        try:
+            return await self._generate(job)
+        except (Exception, asyncio.CancelledError) as err:
+            await self._refund_and_report(job, err)
+            raise
+
+    async def _generate(self, job: BitBuddyInput) -> BitBuddyResult:
+        render = job.render
+        photo = {"image_url": job.photo_key}
+
+        nsfw = await self._model(job, NSFW_FILTER, photo, {})
+        if float(nsfw.data["nsfw_probability"]) >= render.nsfw_threshold:
+            raise _rejected(
+                "nsfw", "This photo can't be used: it looks like it isn't safe for work."
+            )
+
+        analysis = await self._model(job, ANALYZE, photo, {"size": render.size})
+        if not analysis.data["usable"]:
+            problems = " ".join(analysis.data.get("problems") or ["The photo can't be used."])
+            raise _rejected("unusable_photo", f"This photo can't be used. {problems}")
+        faces = analysis.data.get("faces") or []
+        face: dict[str, Any] | None = faces[0] if faces else None
+
+        cartoon = await self._model(
+            job,
+            CARTOONIFY,
+            {"image_url": analysis.files["image"]},
+            {"prompt": job.prompt, "size": render.size, "expand_to_full_body": False, "face": face},
+        )
+        if not analysis.data.get("full_body", True):
+            # A second pass draws the body the photo cut off.
+            cartoon = await self._model(
+                job,
+                EXPAND,
+                {"image_url": cartoon.files["image"]},
+                {
+                    "prompt": job.prompt,
+                    "size": render.size,
+                    "expand_to_full_body": True,
+                    "face": face,
+                },
+            )
+            face = cartoon.data.get("face") or face
+
+        mask = await self._model(
+            job,
+            SEGMENT_IMAGE,
+            {"image_url": cartoon.files["image"]},
+            {"size": render.size, "face": face},
+        )
+        animation = await self._model(
+            job,
+            ANIMATE,
+            {"image_url": cartoon.files["image"], "mask_url": mask.files["mask"]},
+            {"prompt": job.prompt, "fps": render.fps, "duration_seconds": render.seconds},
+        )
+        video_mask = await self._model(
+            job, SEGMENT_VIDEO, {"video_url": animation.files["video"]}, {"fps": render.fps}
+        )
+
+        character_id = str(workflow.uuid4())
+        self._step, self._percent = "transcode", TRANSCODE_PERCENT
+        assets: CharacterAssets = await workflow.execute_activity_method(
+            GenerationActivities.transcode,
+            TranscodeInput(
+                generation_id=job.generation_id,
+                character_id=character_id,
+                video_key=animation.files["video"],
+                mask_key=video_mask.files["mask_video"],
+                fps=render.fps,
+                percent=TRANSCODE_PERCENT,
+            ),
+            task_queue=job.media_task_queue,
+            **TRANSCODE_OPTIONS,
+        )
+        await workflow.execute_activity_method(
+            GenerationActivities.complete_generation,
+            CompleteInput(
+                generation_id=job.generation_id,
+                user_id=job.user_id,
+                character_id=character_id,
+                prompt=job.prompt,
+                assets=assets,
+            ),
+            **RECORD_OPTIONS,
+        )
+        self._step, self._percent = "completed", 100
+        return BitBuddyResult(character_id=character_id)
+
+    async def _model(
+        self, job: BitBuddyInput, step: Step, files: dict[str, str], params: dict[str, Any]
+    ) -> ModelOutput:
+        """Submit, poll, fetch. If anything goes wrong before the result is ours, stop the
+        provider's job and give back the concurrency permit."""
+        self._step, self._percent = step.name, step.percent
+        key = str(workflow.uuid4())
+        submitted: ModelJob | None = None
+        fetched = False
+        try:
+            job_handle: ModelJob = await workflow.execute_activity_method(
+                ModelActivities.submit_model_job,
+                ModelStepInput(
+                    generation_id=job.generation_id,
+                    user_id=job.user_id,
+                    step=step.name,
+                    app=step.app,
+                    files=files,
+                    params=params,
+                    idempotency_key=key,
+                    message=step.message,
+                    percent=step.percent,
+                    percent_end=step.percent_end,
+                ),
+                **SUBMIT_OPTIONS,
+            )
+            submitted = job_handle
+            await workflow.execute_activity_method(
+                ModelActivities.poll_model_job, job_handle, **POLL_OPTIONS
+            )
+            output: ModelOutput = await workflow.execute_activity_method(
+                ModelActivities.fetch_model_result, job_handle, **FETCH_OPTIONS
+            )
+            fetched = True
+            return output
+        finally:
+            if not fetched:
+                await workflow.execute_activity_method(
+                    ModelActivities.release_model_job,
+                    ReleaseInput(
+                        app=step.app,
+                        idempotency_key=key,
+                        request_id=submitted.request_id if submitted else None,
+                    ),
+                    **RELEASE_OPTIONS,
+                )
+
+    async def _refund_and_report(self, job: BitBuddyInput, err: BaseException) -> None:
+        cancelled = isinstance(err, asyncio.CancelledError) or is_cancelled_exception(err)
+        rejection = _rejection(err)
+        if cancelled:
+            code, message = "cancelled", "Cancelled. Your token has been refunded."
+        elif rejection is not None:
+            code, message = rejection
+            message = f"{message} Your token has been refunded."
+        else:
+            code = "internal"
+            message = (
+                "Something went wrong while making your BitBuddy. Your token has been refunded."
+            )
+        info = workflow.info()
+        refund: RefundResult = await workflow.execute_activity_method(
+            GenerationActivities.refund_token,
+            RefundInput(
+                generation_id=job.generation_id,
+                # Stable across retries of this activity, distinct from every other key.
+                idempotency_key=f"refund:{workflow.uuid4()}",
+                reason=f"{code} at {self._step}: {_describe(err)}",
+            ),
+            **REFUND_OPTIONS,
+        )
+        await workflow.execute_activity_method(
+            GenerationActivities.fail_generation,
+            FailInput(
+                generation_id=job.generation_id,
+                status="cancelled" if cancelled else "failed",
+                step=self._step,
+                error_code=code,
+                message=message,
+                refunded=refund.refunded,
+                percent=self._percent,
+            ),
+            **RECORD_OPTIONS,
+        )
+        if code == "internal":
+            await workflow.execute_activity_method(
+                GenerationActivities.send_alert,
+                AlertInput(
+                    title=f"BitBuddy failed at {self._step}",
+                    message=(
+                        f"{_describe(err)}\n"
+                        + ("token refunded" if refund.refunded else "NO REFUND: check the ledger")
+                    ),
+                    workflow_id=info.workflow_id,
+                    run_id=info.run_id,
+                    user_id=job.user_id,
+                ),
+                **ALERT_OPTIONS,
+            )
+
+
+def _rejection(err: BaseException) -> tuple[str, str] | None:
+    """(code, user-facing message) when the photo itself was refused."""
+    seen: BaseException | None = err
+    while seen is not None:
+        if isinstance(seen, ApplicationError) and seen.type == PHOTO_REJECTED:
+            code = str(seen.details[0]) if seen.details else "rejected"
+            return code, seen.message
+        seen = seen.__cause__
+    return None
+
+
+def _describe(err: BaseException) -> str:
+    """The innermost cause, which names what actually broke."""
+    parts = []
+    seen: BaseException | None = err
+    while seen is not None:
+        parts.append(f"{type(seen).__name__}: {seen}")
+        seen = seen.__cause__
+    return " <- ".join(parts)[:1000]
