@@ -90,9 +90,3 @@ async def test_a_late_or_reconnecting_client_gets_every_missed_event(
     # after the terminal event there is nothing more, and the stream ends at once
     assert await user.events(created["id"], last_event_id=everything[-1].id) == []
 
-
-async def _finish(user: User, response: httpx.Response) -> tuple[dict, list]:  # type: ignore[type-arg]
-    assert response.status_code == 202, response.text
-    generation_id = response.json()["id"]
-    events = await user.events(generation_id)
-    return await user.generation(generation_id), events
