@@ -10,7 +10,7 @@ import imageio_ffmpeg
 import numpy as np
 from PIL import Image
 
-from tests.client import User, signup
+from tests.client import signup
 from tests.conftest import Stack, photo
 
 PIPELINE = ["nsfw_filter", "analyze", "cartoonify", "segment_image", "animate", "segment_video"]
@@ -89,4 +89,3 @@ async def test_a_late_or_reconnecting_client_gets_every_missed_event(
         assert resumed == everything[cut:]
     # after the terminal event there is nothing more, and the stream ends at once
     assert await user.events(created["id"], last_event_id=everything[-1].id) == []
-
