@@ -19,8 +19,8 @@ dev: $(STAMP)  ## run the whole service locally (Ctrl-C stops it)
 	$(BIN)/python -m infra.dev --data-dir .data
 
 test: $(STAMP)  ## lint, type-check and run every test against real services
-	$(BIN)/ruff check .
-	$(BIN)/ruff format --check .
+	$(BIN)/ruff check --no-cache .
+	$(BIN)/ruff format --no-cache --check .
 	$(BIN)/mypy
 	$(BIN)/pytest -q
 

@@ -8,11 +8,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import fal_client
-from infra.falclient import make_fal_client
 from psycopg_pool import AsyncConnectionPool
 from redis.asyncio import Redis
 
 from infra.database import open_pool
+from infra.falclient import make_fal_client
 from infra.settings import Settings
 from infra.storage import Storage, storage_from_settings
 
