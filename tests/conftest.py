@@ -4,7 +4,6 @@ exactly as `make dev` starts them (on free ports, in a temporary data folder).""
 
 from __future__ import annotations
 
-import asyncio
 import os
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -16,7 +15,7 @@ import pytest
 from psycopg_pool import AsyncConnectionPool
 
 from infra import services
-from infra.database import migrate, open_pool
+from infra.database import open_pool
 
 FIXTURES = Path(__file__).parent / "fixtures"
 TEST_ENV = {
@@ -59,21 +58,12 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     )
     for key, value in {**cfg.app_env(), **TEST_ENV}.items():
         os.environ[key] = value  # in-process helpers read the same settings
-    started: list[services.Managed] = []
+    started = services.start_all(cfg)
+    stack = Stack(cfg=cfg, worker=next(s for s in started if s.name == "worker"))
     try:
-        for service in services.infrastructure(cfg):
-            service.start()
-            started.append(service)
-        services.ensure_database(cfg)
-        asyncio.run(migrate(cfg.database_url))
-        for service in (services.model_server(cfg), services.api(cfg)):
-            service.start()
-            started.append(service)
-        stack = Stack(cfg=cfg, worker=services.worker(cfg))
-        stack.worker.start()
         yield stack
-        stack.worker.stop()
     finally:
+        stack.worker.stop()
         for service in reversed(started):
             service.stop()
 

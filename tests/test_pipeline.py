@@ -9,6 +9,7 @@ import httpx
 import imageio_ffmpeg
 import numpy as np
 from PIL import Image
+from redis.asyncio import Redis
 
 from tests.client import signup
 from tests.conftest import Stack, photo
@@ -89,3 +90,12 @@ async def test_a_late_or_reconnecting_client_gets_every_missed_event(
         assert resumed == everything[cut:]
     # after the terminal event there is nothing more, and the stream ends at once
     assert await user.events(created["id"], last_event_id=everything[-1].id) == []
+
+    # once the Redis log has expired, the outcome still comes from the database
+    async with Redis.from_url(stack.cfg.redis_url) as redis:
+        assert await redis.delete(*await redis.keys(f"*{created['id']}*")) == 2
+    (rebuilt,) = await user.events(created["id"])
+    assert (rebuilt.id, rebuilt.event) == (1, "completed")
+    assert rebuilt.data["character_id"] == everything[-1].data["character_id"]
+    (rebuilt,) = await user.events(created["id"], last_event_id=4)
+    assert (rebuilt.id, rebuilt.event) == (5, "completed")

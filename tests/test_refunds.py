@@ -67,6 +67,8 @@ FAULTS = [
     ("bitbuddies/segment-image", "error", "segment_image"),
     ("bitbuddies/animate", "error", "animate"),
     ("bitbuddies/segment-video", "error", "segment_video"),
+    # a provider that "succeeds" with a broken video: ffmpeg fails for real at transcode
+    ("bitbuddies/segment-video", "corrupt", "transcode"),
 ]
 
 

@@ -32,6 +32,11 @@ def main(argv: list[str] | None = None) -> None:
         default=None,
         help="base URL clients reach this server at (default http://HOST:PORT)",
     )
+    parser.add_argument(
+        "--replay",
+        action="store_true",
+        help="benchmarks only: answer every job with its app's first result, instantly",
+    )
     parser.add_argument("--log-level", default="info")
     args = parser.parse_args(argv)
     if args.workers < 1:
@@ -41,7 +46,7 @@ def main(argv: list[str] | None = None) -> None:
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per input download
-    app = create_app(args.data_dir, public_url, args.workers)
+    app = create_app(args.data_dir, public_url, args.workers, replay=args.replay)
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, access_log=False)
 
 

@@ -61,11 +61,13 @@ def _not_found(what: str) -> JSONResponse:
     return _error(404, f"{what} not found")
 
 
-def create_app(data_dir: Path, public_url: str, workers: int = 2) -> FastAPI:
+def create_app(
+    data_dir: Path, public_url: str, workers: int = 2, *, replay: bool = False
+) -> FastAPI:
     """The model server as an ASGI app (uvicorn runs it; tests may too)."""
     public = public_url.rstrip("/")
     files = FileStore(data_dir / "files", public)
-    manager = JobManager(REGISTRY, data_dir, files, workers)
+    manager = JobManager(REGISTRY, data_dir, files, workers, replay=replay)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
