@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install dev test lint clean
+.PHONY: install dev test bench lint clean
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "needs $(PYTHON) (3.11 or 3.12)"; exit 1; }
@@ -23,6 +23,10 @@ test: $(STAMP)  ## lint, type-check and run every test against real services
 	$(BIN)/ruff format --no-cache --check .
 	$(BIN)/mypy
 	$(BIN)/pytest -q
+
+bench: $(STAMP)  ## print the overhead and per-step benchmarks (each starts its own stack)
+	$(BIN)/python -m bench.pipeline_overhead
+	$(BIN)/python -m bench.pipeline_steps
 
 lint: $(STAMP)
 	$(BIN)/ruff check --fix .

@@ -260,19 +260,18 @@ class ModelActivities:
                 ) from err
             raise
         output = ModelOutput()
-        async with httpx.AsyncClient(timeout=60.0, follow_redirects=True) as http:
-            for name, value in result.items():
-                if isinstance(value, dict) and isinstance(value.get("url"), str):
-                    content_type = value.get("content_type") or "application/octet-stream"
-                    ext = mimetypes.guess_extension(content_type) or ".bin"
-                    key = f"generations/{job.generation_id}/{job.step}/{name}{ext}"
-                    await self.rt.storage.write_stream(
-                        key, _download(http, value["url"]), content_type=content_type
-                    )
-                    output.files[name] = key
-                    output.data[name] = {k: v for k, v in value.items() if k != "url"}
-                else:
-                    output.data[name] = value
+        for name, value in result.items():
+            if isinstance(value, dict) and isinstance(value.get("url"), str):
+                content_type = value.get("content_type") or "application/octet-stream"
+                ext = mimetypes.guess_extension(content_type) or ".bin"
+                key = f"generations/{job.generation_id}/{job.step}/{name}{ext}"
+                await self.rt.storage.write_stream(
+                    key, _download(self.rt.http, value["url"]), content_type=content_type
+                )
+                output.files[name] = key
+                output.data[name] = {k: v for k, v in value.items() if k != "url"}
+            else:
+                output.data[name] = value
         await self._semaphore(job.app).release(self.rt.db, job.idempotency_key)
         return output
 

@@ -36,33 +36,18 @@ class ProviderSemaphore:
     async def try_acquire(
         self, pool: AsyncConnectionPool[Any], holder: str, ttl: timedelta
     ) -> bool:
-        """Take a lease for ``holder`` (or renew the one it has); False when all are taken."""
-        async with pool.connection() as conn, conn.transaction():
-            # One acquirer per limiter at a time, so the count below cannot go stale.
-            await conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (self.name,))
-            await conn.execute(
-                "DELETE FROM provider_permits WHERE limiter = %s AND expires_at < now()",
-                (self.name,),
-            )
+        """Take a lease for ``holder`` (or renew the one it has); False when all are taken.
+
+        One round trip: the check-and-insert runs inside PostgreSQL, serialised per limiter
+        (migration 0002_acquire_permit.sql).
+        """
+        async with pool.connection() as conn:
             cur = await conn.execute(
-                "UPDATE provider_permits SET expires_at = now() + %s"
-                " WHERE limiter = %s AND holder = %s RETURNING holder",
-                (ttl, self.name, holder),
-            )
-            if await cur.fetchone() is not None:
-                return True
-            cur = await conn.execute(
-                "SELECT count(*) AS held FROM provider_permits WHERE limiter = %s", (self.name,)
+                "SELECT acquire_provider_permit(%s, %s, %s, %s) AS ok",
+                (self.name, holder, ttl, self.max_concurrency),
             )
             row = await cur.fetchone()
-            if row is None or row["held"] >= self.max_concurrency:
-                return False
-            await conn.execute(
-                "INSERT INTO provider_permits (limiter, holder, expires_at)"
-                " VALUES (%s, %s, now() + %s)",
-                (self.name, holder, ttl),
-            )
-            return True
+        return bool(row and row["ok"])
 
     async def acquire(
         self,

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import fal_client
+import httpx
 from psycopg_pool import AsyncConnectionPool
 from redis.asyncio import Redis
 
@@ -24,6 +25,8 @@ class Runtime:
     redis: Redis
     storage: Storage
     fal: fal_client.AsyncClient
+    # Downloads of provider outputs; one client, so connections and TLS setup are reused.
+    http: httpx.AsyncClient
 
 
 @asynccontextmanager
@@ -32,6 +35,7 @@ async def open_runtime(settings: Settings) -> AsyncIterator[Runtime]:
     await db.open(wait=True)
     redis = Redis.from_url(settings.redis_url)
     fal_key = settings.fal_key.get_secret_value() if settings.fal_key else None
+    http = httpx.AsyncClient(timeout=httpx.Timeout(60.0, connect=10.0), follow_redirects=True)
     try:
         yield Runtime(
             settings=settings,
@@ -39,7 +43,9 @@ async def open_runtime(settings: Settings) -> AsyncIterator[Runtime]:
             redis=redis,
             storage=storage_from_settings(settings),
             fal=make_fal_client(fal_key=fal_key, model_server_url=settings.model_server_url),
+            http=http,
         )
     finally:
+        await http.aclose()
         await redis.aclose()
         await db.close()

@@ -10,7 +10,7 @@ import httpx
 import pytest
 from PIL import Image
 
-from tests.client import signup
+from api.client import signup
 from tests.conftest import Stack, photo
 
 

@@ -8,8 +8,8 @@ import uuid
 import httpx
 from psycopg_pool import AsyncConnectionPool
 
+from api.client import signup
 from billing import ledger
-from tests.client import signup
 from tests.conftest import Stack
 
 

@@ -11,7 +11,7 @@ import numpy as np
 from PIL import Image
 from redis.asyncio import Redis
 
-from tests.client import signup
+from api.client import signup
 from tests.conftest import Stack, photo
 
 PIPELINE = ["nsfw_filter", "analyze", "cartoonify", "segment_image", "animate", "segment_video"]

@@ -8,8 +8,8 @@ import httpx
 import pytest
 from psycopg_pool import AsyncConnectionPool
 
+from api.client import User, signup
 from billing import ledger
-from tests.client import User, signup
 from tests.conftest import FIXTURES, Stack, photo
 
 

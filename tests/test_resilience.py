@@ -8,7 +8,7 @@ from collections import Counter
 
 import httpx
 
-from tests.client import signup
+from api.client import signup
 from tests.conftest import Stack, photo
 
 STEP_APPS = {

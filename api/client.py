@@ -1,9 +1,13 @@
-"""A small client of the public HTTP API, as the web app or the extension would use it."""
+"""A small client of the public HTTP API, as the web app or the extension would use it.
+
+The tests and the benchmarks drive the service through it, so they see what users see.
+"""
 
 from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -54,22 +58,29 @@ class User:
 
     async def events(self, generation_id: str, *, last_event_id: int | None = None) -> list[Event]:
         """Follow the stream until it ends (after the terminal event)."""
+        return [e async for e in self.follow(generation_id, last_event_id=last_event_id)]
+
+    async def follow(
+        self, generation_id: str, *, last_event_id: int | None = None
+    ) -> AsyncIterator[Event]:
+        """Each event of the stream as it arrives."""
         headers = dict(self.headers)
         if last_event_id is not None:
             headers["Last-Event-ID"] = str(last_event_id)
-        found: list[Event] = []
         current: dict[str, str] = {}
         async with self.http.stream(
             "GET", f"/v1/generations/{generation_id}/events", headers=headers, timeout=300.0
         ) as response:
             response.raise_for_status()
-            assert response.headers["content-type"].startswith("text/event-stream")
+            content_type = response.headers.get("content-type", "")
+            if not content_type.startswith("text/event-stream"):
+                raise ValueError(f"expected an event stream, got {content_type!r}")
             async for line in response.aiter_lines():
                 line = line.rstrip("\r")
                 if not line:
                     if "data" in current:
-                        found.append(
-                            Event(int(current["id"]), current["event"], json.loads(current["data"]))
+                        yield Event(
+                            int(current["id"]), current["event"], json.loads(current["data"])
                         )
                     current = {}
                     continue
@@ -77,7 +88,6 @@ class User:
                     continue
                 name, _, value = line.partition(":")
                 current[name] = value[1:] if value.startswith(" ") else value
-        return found
 
     async def generation(self, generation_id: str) -> dict[str, Any]:
         response = await self.http.get(f"/v1/generations/{generation_id}", headers=self.headers)
@@ -91,6 +101,7 @@ async def signup(http: httpx.AsyncClient) -> User:
     response = await http.post(
         "/v1/auth/signup", json={"email": email, "password": "correct horse"}
     )
-    assert response.status_code == 201, response.text
+    if response.status_code != 201:
+        raise ValueError(f"signup failed ({response.status_code}): {response.text}")
     body = response.json()
     return User(http=http, token=body["token"], id=body["user"]["id"], email=email)

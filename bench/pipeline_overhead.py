@@ -1,0 +1,170 @@
+"""Orchestration overhead: BitBuddy generations beside a bare workflow, in one run.
+
+The model server replays each model's first answer at once (``--replay``) and the render
+is tiny; everything else is real: the API, the charge, PostgreSQL, Redis, SSE, permits,
+storage, fal-client, Temporal and ffmpeg. The bare workflow runs on the same Temporal
+server with as many no-op activities as one generation schedules (counted from its
+history), so the ratio is what our code costs on top of Temporal itself.
+
+    .venv/bin/python -m bench.pipeline_overhead [-n 20] [--concurrency 1 8]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+
+import httpx
+from temporalio.api.enums.v1 import EventType
+from temporalio.client import Client, WorkflowHistory
+
+from api.client import signup
+from bench.bare import TASK_QUEUE, BareWorkflow
+from bench.harness import Summary, local_stack, test_photo, timed_generation
+from infra import services
+
+ENV = {
+    "BITBUDDIES_RENDER_SIZE": "256",
+    "BITBUDDIES_ANIMATION_FPS": "8",
+    "BITBUDDIES_ANIMATION_SECONDS": "1",
+    "BITBUDDIES_MODEL_CONCURRENCY": "64",  # measure our overhead, not a queue
+    "BITBUDDIES_SIGNUP_TOKENS": "100000",
+}
+
+
+async def measure(
+    once: Callable[[], Awaitable[float]], n: int, concurrency: int
+) -> tuple[Summary, list[float]]:
+    """Run ``once`` n times, at most ``concurrency`` at a time; summarise latencies."""
+    gate = asyncio.Semaphore(concurrency)
+    latencies: list[float] = []
+
+    async def one() -> None:
+        async with gate:
+            latencies.append(await once())
+
+    start = time.perf_counter()
+    await asyncio.gather(*(one() for _ in range(n)))
+    return Summary.of(latencies, time.perf_counter() - start), latencies
+
+
+def _transcode_seconds(history: WorkflowHistory) -> float:
+    """How long the transcode activity ran (started to completed) in one generation."""
+    scheduled: dict[int, str] = {}
+    started: dict[int, float] = {}
+    for event in history.events:
+        when = event.event_time.ToDatetime().timestamp()
+        if event.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED:
+            attributes = event.activity_task_scheduled_event_attributes
+            scheduled[event.event_id] = attributes.activity_type.name
+        elif event.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_STARTED:
+            started[event.activity_task_started_event_attributes.scheduled_event_id] = when
+        elif event.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_COMPLETED:
+            scheduled_id = event.activity_task_completed_event_attributes.scheduled_event_id
+            if scheduled.get(scheduled_id) == "transcode":
+                return when - started[scheduled_id]
+    raise RuntimeError("no completed transcode activity in this history")
+
+
+def bare_worker(cfg: services.StackConfig) -> services.Managed:
+    ready = cfg.data_dir / "run" / "bare.ready"
+    return services.Managed(
+        "bare-worker",
+        [
+            sys.executable,
+            "-m",
+            "bench.bare",
+            "--temporal-address",
+            cfg.temporal_address,
+            "--ready-file",
+            str(ready),
+        ],
+        ready=ready.exists,
+        log_path=cfg.data_dir / "logs" / "bare-worker.log",
+    )
+
+
+async def run(cfg: services.StackConfig, n: int, concurrencies: list[int]) -> None:
+    photo = test_photo()
+    client = await Client.connect(cfg.temporal_address)
+    async with httpx.AsyncClient(base_url=cfg.api_url, timeout=120.0) as http:
+        user = await signup(http)
+        # The first generation runs the real models once; from then on they are replays.
+        first = await timed_generation(user, photo)
+        await timed_generation(user, photo)
+        history = await client.get_workflow_handle(first.generation_id).fetch_history()
+        scheduled = EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED
+        activities = sum(1 for e in history.events if e.event_type == scheduled)
+        runs: list[tuple[float, float]] = []  # (latency, transcode activity's time)
+
+        async def pipeline_once() -> float:
+            timed = await timed_generation(user, photo)
+            handle = client.get_workflow_handle(timed.generation_id)
+            runs.append((timed.seconds, _transcode_seconds(await handle.fetch_history())))
+            return timed.seconds
+
+        async def bare_once() -> float:
+            start = time.perf_counter()
+            await client.execute_workflow(
+                BareWorkflow.run, activities, id=f"bare-{uuid.uuid4()}", task_queue=TASK_QUEUE
+            )
+            return time.perf_counter() - start
+
+        worker = bare_worker(cfg)
+        worker.start()
+        try:
+            await bare_once()
+            rows = []
+            for concurrency in concurrencies:
+                runs.clear()
+                ours, _ = await measure(pipeline_once, n, concurrency)
+                minus_ffmpeg = [latency - encoding for latency, encoding in runs]
+                bare, _ = await measure(bare_once, n, concurrency)
+                rows.append((concurrency, ours, Summary.of(minus_ffmpeg, 1.0), bare))
+        finally:
+            worker.stop()
+
+    print(
+        f"\nBitBuddy pipeline vs a bare workflow of {activities} no-op activities"
+        f" ({n} runs each, models answering instantly)\n"
+    )
+    print(f"{'':<34} {'median':>9} {'p95':>9} {'per s':>7}")
+    for concurrency, ours, without, bare in rows:
+        print(f"concurrency {concurrency}")
+        print(_line("  pipeline", ours.median, ours.p95, f"{ours.per_second:7.2f}"))
+        print(_line("  pipeline without ffmpeg", without.median, without.p95, ""))
+        print(_line("  bare workflow", bare.median, bare.p95, f"{bare.per_second:7.2f}"))
+        print(
+            f"  {'ratio, pipeline / bare':<32} {ours.median / bare.median:>8.2f}x"
+            f" {ours.p95 / bare.p95:>8.2f}x {bare.per_second / ours.per_second:>6.2f}x"
+        )
+        print(
+            f"  {'ratio, without ffmpeg / bare':<32} {without.median / bare.median:>8.2f}x"
+            f" {without.p95 / bare.p95:>8.2f}x"
+        )
+    print(
+        "\n'without ffmpeg' subtracts each generation's transcode activity (VP9 + WebP + PNG"
+        " encoding, work the bare workflow does not do).\ntarget: within 1.3x of the bare"
+        " workflow"
+    )
+
+
+def _line(label: str, median: float, p95: float, rate: str) -> str:
+    return f"{label:<34} {median * 1000:>6.0f} ms {p95 * 1000:>6.0f} ms {rate:>7}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("-n", type=int, default=20, help="generations per measurement")
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8])
+    args = parser.parse_args()
+    with local_stack(env=ENV, replay=True, model_workers=8) as cfg:
+        asyncio.run(run(cfg, args.n, args.concurrency))
+
+
+if __name__ == "__main__":
+    main()
