@@ -3,6 +3,8 @@ one progress subscription per process, made in the lifespan."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -12,6 +14,7 @@ from redis.asyncio import Redis
 
 from api import accounts, characters, files, generations, health, streams
 from api.errors import install_error_handlers
+from api.sweeper import run_sweeper
 from infra.database import open_pool
 from infra.logging import configure_logging
 from infra.settings import Settings, get_settings
@@ -49,10 +52,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.storage = storage_from_settings(settings)
         app.state.hub = streams.ProgressHub(app.state.redis)
         await app.state.hub.start()
+        sweeper = asyncio.create_task(
+            run_sweeper(app.state.db, app.state.temporal, settings), name="sweeper"
+        )
         log.info("API ready at %s", settings.public_url)
         try:
             yield
         finally:
+            sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sweeper
             await app.state.hub.stop()
             await app.state.redis.aclose()
             await app.state.db.close()

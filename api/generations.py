@@ -175,14 +175,15 @@ async def create_generation(
 
     generation = await records.generation(conn, generation_id)
     assert generation is not None
-    await _start_or_refund(conn, temporal, settings, generation)
+    await start_or_refund(conn, temporal, settings, generation)
     log.info("generation started", extra={"generation_id": generation_id, "user_id": user.id})
     return _created(request, generation)
 
 
-async def _start_or_refund(
+async def start_or_refund(
     conn: Conn, temporal: Client, settings: Settings, generation: records.Generation
 ) -> None:
+    """Start the generation's workflow; if Temporal refuses, refund and raise Unavailable."""
     try:
         await start_workflow(temporal, settings, generation)
     except RPCError as err:
@@ -206,7 +207,7 @@ async def _repeat(
     between charging and starting, start now."""
     if generation.status == "queued":
         async with request.app.state.db.connection() as conn:
-            await _start_or_refund(conn, temporal, settings, generation)
+            await start_or_refund(conn, temporal, settings, generation)
     return _created(request, generation)
 
 

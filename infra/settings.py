@@ -49,6 +49,11 @@ class Settings(BaseSettings):
     gcs_bucket: str | None = None
     signing_secret: SecretStr = SecretStr(LOCAL_SECRET)
 
+    # Recovery: a generation charged but never started (the API died in between) is
+    # started by the sweeper once it has been queued this long.
+    stale_queued_seconds: float = 120.0
+    sweep_interval_seconds: float = 60.0
+
     # Accounts and billing.
     signup_tokens: int = 3
     session_days: int = 30

@@ -12,12 +12,14 @@ import asyncio
 import logging
 import os
 import signal
+import socket
 from pathlib import Path
 
 from temporalio.worker import Worker
 
 from activities.generations import all_activities
 from activities.runtime import open_runtime
+from infra import liveness
 from infra.logging import configure_logging
 from infra.settings import Settings, get_settings
 from infra.temporal import connect
@@ -48,7 +50,9 @@ async def run_worker(settings: Settings, ready_file: Path | None = None) -> None
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
 
-        async with main, media:
+        identity = f"{socket.gethostname()}:{os.getpid()}"
+        queues = [settings.task_queue, settings.media_task_queue]
+        async with main, media, liveness.beating(runtime.redis, queues, identity):
             log.info(
                 "worker polling %s and %s on %s (models: %s)",
                 settings.task_queue,

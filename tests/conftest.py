@@ -26,6 +26,9 @@ TEST_ENV = {
     "BITBUDDIES_MODEL_CONCURRENCY": "2",
     "BITBUDDIES_SIGNUP_TOKENS": "3",
     "BITBUDDIES_LOG_LEVEL": "INFO",
+    "BITBUDDIES_SWEEP_INTERVAL_SECONDS": "1",
+    # only the sweeper test's backdated generation is old enough; other tests insert rows too
+    "BITBUDDIES_STALE_QUEUED_SECONDS": "1800",
 }
 
 

@@ -173,6 +173,7 @@ async def test_healthz_reports_every_dependency(stack: Stack, http: httpx.AsyncC
     assert response.json()["checks"] == {
         "postgres": "ok",
         "redis": "ok",
+        "temporal": "ok",
         "worker": "ok",
         "media_worker": "ok",
     }

@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from collections import Counter
 
 import httpx
+from psycopg_pool import AsyncConnectionPool
 
 from api.client import signup
+from billing import ledger
+from infra.settings import Settings
+from infra.storage import storage_from_settings
 from tests.conftest import Stack, photo
 
 STEP_APPS = {
@@ -47,6 +52,15 @@ async def test_a_worker_killed_mid_poll_resumes_on_a_new_worker_without_resubmit
 
     await _wait_for(animating)
     stack.worker.kill()  # SIGKILL: no cleanup, permits and polls die with it
+
+    async def reported_missing() -> bool:
+        health = await http.get("/healthz")
+        return health.status_code == 503 and health.json()["missing"] == [
+            "worker",
+            "media_worker",
+        ]
+
+    await _wait_for(reported_missing, timeout=30)  # the dead worker's beats go stale
     stack.restart_worker()
 
     events = await asyncio.wait_for(stream, 180)
@@ -75,3 +89,37 @@ async def test_twenty_generations_with_a_cap_of_two_never_exceed_two_jobs_in_fli
     for app in APPS:
         assert stats[app]["submitted"] >= 20, app
         assert 1 <= stats[app]["max_in_flight"] <= 2, (app, stats[app])
+
+
+async def test_a_generation_charged_but_never_started_is_started_by_the_sweeper(
+    stack: Stack,
+    http: httpx.AsyncClient,
+    db: AsyncConnectionPool,  # type: ignore[type-arg]
+) -> None:
+    # What the API leaves behind if it dies right after committing the charge: a queued,
+    # charged generation with its photo stored, and no workflow.
+    user = await signup(http)
+    generation_id = uuid.uuid4()
+    photo_key = f"generations/{generation_id}/input/photo.png"
+    await storage_from_settings(Settings()).write_bytes(
+        photo_key, photo("astronaut.png"), content_type="image/png"
+    )
+    async with db.connection() as conn, conn.transaction():
+        await conn.execute(
+            "INSERT INTO generations (id, user_id, prompt, photo_key, created_at)"
+            " VALUES (%s, %s, 'a knight', %s, now() - interval '1 hour')",
+            (generation_id, uuid.UUID(user.id), photo_key),
+        )
+        await ledger.charge(
+            conn,
+            uuid.UUID(user.id),
+            idempotency_key=ledger.charge_key(generation_id),
+            generation_id=generation_id,
+        )
+
+    events = await asyncio.wait_for(user.events(str(generation_id)), 120)
+    assert events[-1].event == "completed", events[-1]
+    assert await user.balance() == 2  # charged once, delivered, not refunded
+    async with db.connection() as conn:
+        entries = await ledger.entries_for_generation(conn, generation_id)
+    assert [e.kind for e in entries] == ["charge"]
