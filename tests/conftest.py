@@ -5,6 +5,7 @@ exactly as `make dev` starts them (on free ports, in a temporary data folder).""
 from __future__ import annotations
 
 import os
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from importlib.resources import files
@@ -14,6 +15,7 @@ import httpx
 import pytest
 from psycopg_pool import AsyncConnectionPool
 
+from billing import ledger
 from infra import services
 from infra.database import open_pool
 
@@ -30,6 +32,34 @@ TEST_ENV = {
     # only the sweeper test's backdated generation is old enough; other tests insert rows too
     "BITBUDDIES_STALE_QUEUED_SECONDS": "1800",
 }
+
+
+async def insert_generation(
+    db: AsyncConnectionPool,  # type: ignore[type-arg]
+    user_id: uuid.UUID,
+    *,
+    generation_id: uuid.UUID | None = None,
+    photo_key: str = "k",
+    charged: bool = False,
+    age_seconds: int = 0,
+) -> uuid.UUID:
+    """A generation row as the API writes it (charged or not) with no workflow started:
+    what a crash between the API's commit and its workflow start leaves behind."""
+    generation_id = generation_id or uuid.uuid4()
+    async with db.connection() as conn, conn.transaction():
+        await conn.execute(
+            "INSERT INTO generations (id, user_id, prompt, photo_key, created_at)"
+            " VALUES (%s, %s, 'a knight', %s, now() - make_interval(secs => %s))",
+            (generation_id, user_id, photo_key, age_seconds),
+        )
+        if charged:
+            await ledger.charge(
+                conn,
+                user_id,
+                idempotency_key=ledger.charge_key(generation_id),
+                generation_id=generation_id,
+            )
+    return generation_id
 
 
 def photo(name: str) -> bytes:

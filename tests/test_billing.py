@@ -10,17 +10,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from api.client import signup
 from billing import ledger
-from tests.conftest import Stack
-
-
-async def _generation(db: AsyncConnectionPool, user_id: uuid.UUID) -> uuid.UUID:  # type: ignore[type-arg]
-    generation_id = uuid.uuid4()
-    async with db.connection() as conn:
-        await conn.execute(
-            "INSERT INTO generations (id, user_id, prompt, photo_key) VALUES (%s, %s, 'p', 'k')",
-            (generation_id, user_id),
-        )
-    return generation_id
+from tests.conftest import Stack, insert_generation
 
 
 async def test_twenty_concurrent_charges_against_a_balance_of_five_succeed_five_times(
@@ -33,7 +23,7 @@ async def test_twenty_concurrent_charges_against_a_balance_of_five_succeed_five_
     async with db.connection() as conn, conn.transaction():
         await ledger.grant(conn, user_id, 2, idempotency_key=f"test-topup:{user_id}")
     assert await user.balance() == 5
-    generations = [await _generation(db, user_id) for _ in range(20)]
+    generations = [await insert_generation(db, user_id) for _ in range(20)]
 
     async def attempt(generation_id: uuid.UUID) -> bool:
         async with db.connection() as conn:
@@ -61,7 +51,7 @@ async def test_a_charge_retried_with_its_key_charges_once_even_concurrently(
 ) -> None:
     user = await signup(http)
     user_id = uuid.UUID(user.id)
-    generation_id = await _generation(db, user_id)
+    generation_id = await insert_generation(db, user_id)
 
     async def attempt() -> int:
         async with db.connection() as conn, conn.transaction():

@@ -10,7 +10,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from api.client import User, signup
 from billing import ledger
-from tests.conftest import FIXTURES, Stack, photo
+from tests.conftest import FIXTURES, Stack, insert_generation, photo
 
 
 async def _run(user: User, picture: bytes) -> tuple[dict, list]:  # type: ignore[type-arg]
@@ -109,18 +109,7 @@ async def test_a_refund_retried_with_any_key_moves_money_once(
     db: AsyncConnectionPool,  # type: ignore[type-arg]
 ) -> None:
     user = await signup(http)
-    generation_id = uuid.uuid4()
-    async with db.connection() as conn, conn.transaction():
-        await conn.execute(
-            "INSERT INTO generations (id, user_id, prompt, photo_key) VALUES (%s, %s, 'p', 'k')",
-            (generation_id, uuid.UUID(user.id)),
-        )
-        await ledger.charge(
-            conn,
-            uuid.UUID(user.id),
-            idempotency_key=ledger.charge_key(generation_id),
-            generation_id=generation_id,
-        )
+    generation_id = await insert_generation(db, uuid.UUID(user.id), charged=True)
     assert await user.balance() == 2
     for key in ("refund:a", "refund:a", "refund:b"):
         async with db.connection() as conn, conn.transaction():

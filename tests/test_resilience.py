@@ -14,7 +14,7 @@ from api.client import signup
 from billing import ledger
 from infra.settings import Settings
 from infra.storage import storage_from_settings
-from tests.conftest import Stack, photo
+from tests.conftest import Stack, insert_generation, photo
 
 STEP_APPS = {
     "nsfw_filter": "bitbuddies/nsfw-filter",
@@ -104,18 +104,14 @@ async def test_a_generation_charged_but_never_started_is_started_by_the_sweeper(
     await storage_from_settings(Settings()).write_bytes(
         photo_key, photo("astronaut.png"), content_type="image/png"
     )
-    async with db.connection() as conn, conn.transaction():
-        await conn.execute(
-            "INSERT INTO generations (id, user_id, prompt, photo_key, created_at)"
-            " VALUES (%s, %s, 'a knight', %s, now() - interval '1 hour')",
-            (generation_id, uuid.UUID(user.id), photo_key),
-        )
-        await ledger.charge(
-            conn,
-            uuid.UUID(user.id),
-            idempotency_key=ledger.charge_key(generation_id),
-            generation_id=generation_id,
-        )
+    await insert_generation(
+        db,
+        uuid.UUID(user.id),
+        generation_id=generation_id,
+        photo_key=photo_key,
+        charged=True,
+        age_seconds=3600,
+    )
 
     events = await asyncio.wait_for(user.events(str(generation_id)), 120)
     assert events[-1].event == "completed", events[-1]
