@@ -136,6 +136,10 @@ class ModelActivities:
     def _ttl(self) -> timedelta:
         return timedelta(seconds=self.rt.settings.model_permit_ttl_seconds)
 
+    async def _record_step(self, step: ModelStepInput) -> None:
+        async with self.rt.db.connection() as conn:
+            await records.set_generation_step(conn, UUID(step.generation_id), step.step)
+
     @activity.defn
     async def submit_model_job(self, step: ModelStepInput) -> ModelJob:
         """Take a permit, then submit; a retry returns the job submitted before."""
@@ -159,15 +163,17 @@ class ModelActivities:
             if row is not None:
                 job.request_id = row["request_id"]
                 return job
-            await records.set_generation_step(conn, UUID(step.generation_id), step.step)
-        await progress.publish(
-            self.rt.redis,
-            step.generation_id,
-            event="progress",
-            dedupe=f"{step.step}:start",
-            step=step.step,
-            message=step.message,
-            percent=step.percent,
+        await asyncio.gather(
+            self._record_step(step),
+            progress.publish(
+                self.rt.redis,
+                step.generation_id,
+                event="progress",
+                dedupe=f"{step.step}:start",
+                step=step.step,
+                message=step.message,
+                percent=step.percent,
+            ),
         )
 
         await self._semaphore(step.app).acquire(
@@ -218,7 +224,6 @@ class ModelActivities:
                         non_retryable=True,
                     ) from err
                 raise
-            await semaphore.renew(self.rt.db, job.idempotency_key, self._ttl)
             state, message = _describe(status, job)
             activity.heartbeat(state)
             if isinstance(status, fal_client.Completed):
@@ -229,7 +234,8 @@ class ModelActivities:
                         type=MODEL_JOB_FAILED,
                         non_retryable=True,
                     )
-                return
+                return  # fetch releases the permit; no need to renew it now
+            await semaphore.renew(self.rt.db, job.idempotency_key, self._ttl)
             # Submit announced the step: what is news now is a place in line, and the
             # start after a wait.
             waiting = state.startswith("queued") or last_state.startswith("queued")
