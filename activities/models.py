@@ -88,7 +88,6 @@ class ModelStepInput:
     idempotency_key: str
     message: str
     percent: int
-    percent_end: int
 
 
 @dataclass
@@ -101,7 +100,6 @@ class ModelJob:
     idempotency_key: str
     message: str
     percent: int
-    percent_end: int
 
 
 @dataclass
@@ -152,7 +150,6 @@ class ModelActivities:
             idempotency_key=step.idempotency_key,
             message=step.message,
             percent=step.percent,
-            percent_end=step.percent_end,
         )
         async with self.rt.db.connection() as conn:
             cur = await conn.execute(

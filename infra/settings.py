@@ -47,6 +47,9 @@ class Settings(BaseSettings):
 
     # Storage: the local folder unless a GCS bucket is named.
     gcs_bucket: str | None = None
+    # A service-account JSON key that signs download URLs. Without it the client's own
+    # credentials sign, which works only when they are a service-account key themselves.
+    gcs_signing_key_file: Path | None = None
     signing_secret: SecretStr = SecretStr(LOCAL_SECRET)
 
     # Recovery: a generation charged but never started (the API died in between) is

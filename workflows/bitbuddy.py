@@ -47,19 +47,16 @@ class Step:
     name: str
     app: str
     message: str
-    percent: int
-    percent_end: int
+    percent: int  # shown when the step starts
 
 
-NSFW_FILTER = Step("nsfw_filter", "bitbuddies/nsfw-filter", "Checking your photo", 0, 10)
-ANALYZE = Step("analyze", "bitbuddies/analyze", "Finding you in the photo", 10, 20)
-CARTOONIFY = Step("cartoonify", "bitbuddies/cartoonify", "Drawing your cartoon", 20, 32)
-EXPAND = Step("expand", "bitbuddies/cartoonify", "Drawing the rest of you", 32, 40)
-SEGMENT_IMAGE = Step(
-    "segment_image", "bitbuddies/segment-image", "Cutting out your character", 40, 50
-)
-ANIMATE = Step("animate", "bitbuddies/animate", "Bringing it to life", 50, 75)
-SEGMENT_VIDEO = Step("segment_video", "bitbuddies/segment-video", "Tracing every frame", 75, 85)
+NSFW_FILTER = Step("nsfw_filter", "bitbuddies/nsfw-filter", "Checking your photo", 0)
+ANALYZE = Step("analyze", "bitbuddies/analyze", "Finding you in the photo", 10)
+CARTOONIFY = Step("cartoonify", "bitbuddies/cartoonify", "Drawing your cartoon", 20)
+EXPAND = Step("expand", "bitbuddies/cartoonify", "Drawing the rest of you", 32)
+SEGMENT_IMAGE = Step("segment_image", "bitbuddies/segment-image", "Cutting out your character", 40)
+ANIMATE = Step("animate", "bitbuddies/animate", "Bringing it to life", 50)
+SEGMENT_VIDEO = Step("segment_video", "bitbuddies/segment-video", "Tracing every frame", 75)
 TRANSCODE_PERCENT = 85
 
 
@@ -222,7 +219,6 @@ class BitBuddyWorkflow:
                     idempotency_key=key,
                     message=step.message,
                     percent=step.percent,
-                    percent_end=step.percent_end,
                 ),
                 **SUBMIT_OPTIONS,
             )

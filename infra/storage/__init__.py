@@ -31,9 +31,13 @@ def storage_from_settings(settings: Settings) -> Storage:
     only here, so local development never loads google-cloud-storage.
     """
     if settings.gcs_bucket:
-        from infra.storage.gcs import GCSStorage
+        from infra.storage.gcs import GCSStorage, load_signing_credentials
 
-        return GCSStorage(settings.gcs_bucket)
+        signer = settings.gcs_signing_key_file
+        return GCSStorage(
+            settings.gcs_bucket,
+            signing_credentials=load_signing_credentials(signer) if signer else None,
+        )
     return LocalStorage(
         settings.storage_dir,
         public_url=settings.public_url,

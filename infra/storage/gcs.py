@@ -11,6 +11,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 from google.api_core import exceptions as google_exceptions
@@ -47,6 +48,13 @@ class _AbortableBlobWriter(BlobWriter):  # type: ignore[misc]  # the library is 
     def close(self) -> None:
         if not self._abandoned:
             super().close()
+
+
+def load_signing_credentials(key_file: Path) -> Any:
+    """Service-account credentials from a JSON key file, for signing URLs locally."""
+    from google.oauth2 import service_account
+
+    return service_account.Credentials.from_service_account_file(str(key_file))  # type: ignore[no-untyped-call]
 
 
 class GCSStorage:

@@ -94,7 +94,7 @@ def gcs_bucket(gcs_emulator_url: str) -> str:
 
 
 @pytest.fixture(scope="session")
-def signing_credentials() -> Any:
+def signing_key_info() -> dict[str, str]:
     """A throwaway service-account key: V4 signing is local RSA, no Google account needed."""
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     pem = key.private_bytes(
@@ -111,4 +111,9 @@ def signing_credentials() -> Any:
         "client_id": "1",
         "token_uri": "https://oauth2.googleapis.com/token",
     }
-    return service_account.Credentials.from_service_account_info(info)  # type: ignore[no-untyped-call]
+    return info
+
+
+@pytest.fixture(scope="session")
+def signing_credentials(signing_key_info: dict[str, str]) -> Any:
+    return service_account.Credentials.from_service_account_info(signing_key_info)  # type: ignore[no-untyped-call]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import json
 import os
 import time
 import uuid
@@ -329,3 +330,25 @@ async def test_storage_from_settings_picks_gcs_with_a_bucket(
     await chosen.write_bytes(f"{prefix}/x.txt", b"via settings", content_type="text/plain")
     check = GCSStorage(gcs_bucket, client=gcs_client)
     assert await check.read_bytes(f"{prefix}/x.txt") == b"via settings"
+
+
+async def test_a_signing_key_file_from_settings_signs_gcs_urls(
+    gcs_emulator_url: str,
+    gcs_bucket: str,
+    signing_key_info: dict[str, str],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    prefix: str,
+) -> None:
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", gcs_emulator_url)
+    key_file = tmp_path / "signer.json"
+    key_file.write_text(json.dumps(signing_key_info))
+    chosen = storage_from_settings(
+        Settings(data_dir=tmp_path, gcs_bucket=gcs_bucket, gcs_signing_key_file=key_file)
+    )
+    await chosen.write_bytes(f"{prefix}/signed.txt", b"signed", content_type="text/plain")
+    url = chosen.signed_url(f"{prefix}/signed.txt", expires_in=timedelta(minutes=1))
+    credential = parse_qs(urlsplit(url).query)["X-Goog-Credential"][0]
+    assert credential.startswith(signing_key_info["client_email"] + "/")
+    async with httpx.AsyncClient() as http:
+        assert (await http.get(url)).content == b"signed"
