@@ -16,7 +16,7 @@ from activities.media import transcode_character
 from activities.runtime import Runtime
 from billing import ledger
 from infra import progress
-from infra.alerts import send_owner_alert
+from infra.alerts import send_owner_alert, workflow_link
 from infra.database import records
 
 TRANSCODE_OPTIONS: dict[str, Any] = {
@@ -218,10 +218,7 @@ class GenerationActivities:
     @activity.defn
     async def send_alert(self, alert: AlertInput) -> None:
         settings = self.rt.settings
-        url = (
-            f"{settings.temporal_ui_url}/namespaces/{settings.temporal_namespace}"
-            f"/workflows/{alert.workflow_id}/{alert.run_id}/history"
-        )
+        url = workflow_link(settings, alert.workflow_id, alert.run_id)
         await asyncio.to_thread(
             send_owner_alert,
             settings,

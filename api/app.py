@@ -14,7 +14,7 @@ from redis.asyncio import Redis
 
 from api import accounts, characters, files, generations, health, streams
 from api.errors import install_error_handlers
-from api.sweeper import run_sweeper
+from api.sweeper import Sweeper
 from infra.database import open_pool
 from infra.logging import configure_logging
 from infra.settings import Settings, get_settings
@@ -53,7 +53,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.hub = streams.ProgressHub(app.state.redis)
         await app.state.hub.start()
         sweeper = asyncio.create_task(
-            run_sweeper(app.state.db, app.state.temporal, settings), name="sweeper"
+            Sweeper(app.state.db, app.state.redis, app.state.temporal, settings).run(),
+            name="sweeper",
         )
         log.info("API ready at %s", settings.public_url)
         try:

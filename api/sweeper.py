@@ -1,12 +1,17 @@
-"""Recovery for generations that were charged but never started.
+"""Settles generations that a crash or an operator left open.
 
-The API charges a token and records the generation in one transaction, then starts the
-workflow. If the process dies between the two, the generation stays ``queued`` with its
-token spent and nothing running. A retried request with the same Idempotency-Key starts
-it; this sweeper covers every other case. Every API process runs it, but a PostgreSQL
-advisory lock lets only one sweep at a time. Starting is safe to repeat (the workflow id
-is the generation id), so a generation whose workflow did start but has not yet reported
-is left as it is; if Temporal refuses the start, the token is refunded.
+Two ways a charged token could otherwise be stranded:
+
+- The API dies between committing the charge and starting the workflow: the generation
+  stays ``queued`` with nothing running. The sweeper starts it (safe to repeat: the
+  workflow id is the generation id); if Temporal refuses, the token is refunded.
+- The workflow ends without running its own cleanup (terminated by an operator, or timed
+  out): the sweeper refunds the token, records the failure, frees the permits of its
+  recorded provider jobs, publishes the terminal event and alerts the owner.
+
+Only generations that have not moved for ``stale_queued_seconds`` are looked at, so a
+workflow that is merely slow is never touched (its Temporal status says RUNNING). Every
+API process runs the sweeper; a PostgreSQL advisory lock lets one sweep at a time.
 """
 
 from __future__ import annotations
@@ -18,45 +23,146 @@ from datetime import timedelta
 from typing import Any
 
 from psycopg_pool import AsyncConnectionPool
+from redis.asyncio import Redis
+from temporalio.api.enums.v1 import WorkflowExecutionStatus
 from temporalio.client import Client
+from temporalio.service import RPCError, RPCStatusCode
 
 from api.errors import Unavailable
 from api.generations import start_or_refund
+from billing import ledger
+from infra import progress
+from infra.alerts import send_owner_alert, workflow_link
 from infra.database import records
 from infra.settings import Settings
 
 log = logging.getLogger("bitbuddies.sweeper")
 
 SWEEP_LOCK = 0x6269_7473  # pg_try_advisory_lock key: one sweeper at a time
+ABANDONED_MESSAGE = "Something went wrong while making your BitBuddy. Your token has been refunded."
+# A workflow that closed in one of these without its generation being settled skipped its
+# own cleanup. COMPLETED is not here: it records the character before it completes.
+UNSETTLED_ENDINGS = {
+    WorkflowExecutionStatus.WORKFLOW_EXECUTION_STATUS_TERMINATED,
+    WorkflowExecutionStatus.WORKFLOW_EXECUTION_STATUS_TIMED_OUT,
+    WorkflowExecutionStatus.WORKFLOW_EXECUTION_STATUS_FAILED,
+    WorkflowExecutionStatus.WORKFLOW_EXECUTION_STATUS_CANCELED,
+}
 
 
-async def sweep_once(db: AsyncConnectionPool[Any], temporal: Client, settings: Settings) -> int:
-    """Start every stale queued generation; return how many were handled."""
-    async with db.connection() as conn:
-        cur = await conn.execute("SELECT pg_try_advisory_lock(%s) AS locked", (SWEEP_LOCK,))
-        row = await cur.fetchone()
-        if not (row and row["locked"]):
-            return 0
+class Sweeper:
+    def __init__(
+        self,
+        db: AsyncConnectionPool[Any],
+        redis: Redis,
+        temporal: Client,
+        settings: Settings,
+    ) -> None:
+        self.db = db
+        self.redis = redis
+        self.temporal = temporal
+        self.settings = settings
+
+    async def run(self) -> None:
+        """Sweep every ``sweep_interval_seconds`` until cancelled."""
+        while True:
+            try:
+                await self.sweep_once()
+            except Exception:
+                log.exception("sweep failed; trying again next interval")
+            await asyncio.sleep(self.settings.sweep_interval_seconds)
+
+    async def sweep_once(self) -> int:
+        """Settle every stale open generation; return how many were looked at."""
+        async with self.db.connection() as conn:
+            cur = await conn.execute("SELECT pg_try_advisory_lock(%s) AS locked", (SWEEP_LOCK,))
+            row = await cur.fetchone()
+            if not (row and row["locked"]):
+                return 0
+            try:
+                stale = await records.stale_open_generations(
+                    conn, timedelta(seconds=self.settings.stale_queued_seconds)
+                )
+                for generation in stale:
+                    await self._settle(conn, generation)
+                return len(stale)
+            finally:
+                await conn.execute("SELECT pg_advisory_unlock(%s)", (SWEEP_LOCK,))
+
+    async def _settle(self, conn: Any, generation: records.Generation) -> None:
+        context = {"generation_id": generation.id, "user_id": generation.user_id}
         try:
-            stale = await records.stale_queued_generations(
-                conn, timedelta(seconds=settings.stale_queued_seconds)
-            )
-            for generation in stale:
-                context = {"generation_id": generation.id, "user_id": generation.user_id}
+            described = await self.temporal.get_workflow_handle(str(generation.id)).describe()
+        except RPCError as err:
+            if err.status != RPCStatusCode.NOT_FOUND:
+                raise
+            described = None
+        if described is None:
+            if generation.status == "queued":
                 log.warning("starting a generation left queued", extra=context)
                 # Unavailable: start_or_refund refunded it and recorded the failure.
                 with contextlib.suppress(Unavailable):
-                    await start_or_refund(conn, temporal, settings, generation)
-            return len(stale)
-        finally:
-            await conn.execute("SELECT pg_advisory_unlock(%s)", (SWEEP_LOCK,))
+                    await start_or_refund(conn, self.temporal, self.settings, generation)
+            else:
+                await self._abandon(conn, generation, "its workflow no longer exists", None)
+            return
+        ending = described.raw_description.workflow_execution_info.status
+        if ending in UNSETTLED_ENDINGS:
+            name = WorkflowExecutionStatus.Name(ending).removeprefix("WORKFLOW_EXECUTION_STATUS_")
+            await self._abandon(
+                conn, generation, f"its workflow ended {name} before settling", described.run_id
+            )
+        elif ending == WorkflowExecutionStatus.WORKFLOW_EXECUTION_STATUS_COMPLETED:
+            log.error("workflow completed but its generation is still open", extra=context)
 
-
-async def run_sweeper(db: AsyncConnectionPool[Any], temporal: Client, settings: Settings) -> None:
-    """Sweep every ``sweep_interval_seconds`` until cancelled."""
-    while True:
-        try:
-            await sweep_once(db, temporal, settings)
-        except Exception:
-            log.exception("sweep failed; trying again next interval")
-        await asyncio.sleep(settings.sweep_interval_seconds)
+    async def _abandon(
+        self, conn: Any, generation: records.Generation, why: str, run_id: str | None
+    ) -> None:
+        """Refund (at most once per charge, whoever else refunds), record, free, announce."""
+        async with conn.transaction():
+            try:
+                await ledger.refund(
+                    conn,
+                    charge_key=ledger.charge_key(generation.id),
+                    idempotency_key=f"generation:{generation.id}:abandoned",
+                    reason=why,
+                )
+                refunded = True
+            except ledger.NothingToRefund:
+                refunded = False
+            await records.finish_generation(
+                conn,
+                generation.id,
+                status="failed",
+                step=generation.step,
+                error=ABANDONED_MESSAGE,
+                error_code="internal",
+            )
+            freed = await records.release_generation_permits(conn, generation.id)
+        await progress.publish(
+            self.redis,
+            str(generation.id),
+            event="failed",
+            dedupe="terminal",
+            step=generation.step or "queued",
+            message=ABANDONED_MESSAGE,
+            percent=0,
+            error_code="internal",
+            status="failed",
+            refunded=refunded,
+        )
+        context = {"generation_id": generation.id, "user_id": generation.user_id}
+        log.error(
+            "settled an abandoned generation: %s (permits freed: %d)", why, freed, extra=context
+        )
+        await asyncio.to_thread(
+            send_owner_alert,
+            self.settings,
+            title=f"BitBuddy abandoned at {generation.step or 'queued'}",
+            message=(
+                f"{why}\n"
+                + ("token refunded" if refunded else "NO REFUND: check the ledger")
+                + f"\nuser: {generation.user_id}\nworkflow: {generation.id}"
+            ),
+            url=workflow_link(self.settings, str(generation.id), run_id),
+        )

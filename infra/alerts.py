@@ -46,6 +46,12 @@ class _PushoverWithTimeout(PushoverAPI):  # type: ignore[misc]
         return answer
 
 
+def workflow_link(settings: Settings, workflow_id: str, run_id: str | None = None) -> str:
+    """The Temporal UI page of a workflow (of one run, when known): where to look first."""
+    base = f"{settings.temporal_ui_url}/namespaces/{settings.temporal_namespace}"
+    return f"{base}/workflows/{workflow_id}" + (f"/{run_id}/history" if run_id else "")
+
+
 def send_owner_alert(settings: Settings, *, title: str, message: str, url: str) -> None:
     if settings.pushover_token is None or settings.pushover_user is None:
         log.error(

@@ -48,9 +48,10 @@ async def insert_generation(
     generation_id = generation_id or uuid.uuid4()
     async with db.connection() as conn, conn.transaction():
         await conn.execute(
-            "INSERT INTO generations (id, user_id, prompt, photo_key, created_at)"
-            " VALUES (%s, %s, 'a knight', %s, now() - make_interval(secs => %s))",
-            (generation_id, user_id, photo_key, age_seconds),
+            "INSERT INTO generations (id, user_id, prompt, photo_key, created_at, updated_at)"
+            " VALUES (%s, %s, 'a knight', %s, now() - make_interval(secs => %s),"
+            " now() - make_interval(secs => %s))",
+            (generation_id, user_id, photo_key, age_seconds, age_seconds),
         )
         if charged:
             await ledger.charge(

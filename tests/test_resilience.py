@@ -9,8 +9,9 @@ from collections import Counter
 
 import httpx
 from psycopg_pool import AsyncConnectionPool
+from temporalio.client import Client
 
-from api.client import signup
+from api.client import User, signup
 from billing import ledger
 from infra.settings import Settings
 from infra.storage import storage_from_settings
@@ -36,7 +37,10 @@ async def _wait_for(predicate, timeout: float = 60.0) -> None:  # type: ignore[n
 
 
 async def test_a_worker_killed_mid_poll_resumes_on_a_new_worker_without_resubmitting(
-    stack: Stack, http: httpx.AsyncClient, models: httpx.AsyncClient
+    stack: Stack,
+    http: httpx.AsyncClient,
+    db: AsyncConnectionPool,  # type: ignore[type-arg]
+    models: httpx.AsyncClient,
 ) -> None:
     fault = {"app": "bitbuddies/animate", "kind": "delay", "times": 1, "seconds": 6}
     (await models.post("/_local/faults", json=fault)).raise_for_status()
@@ -70,6 +74,7 @@ async def test_a_worker_killed_mid_poll_resumes_on_a_new_worker_without_resubmit
     steps = {e.data["step"] for e in events} & STEP_APPS.keys()
     assert mine == Counter(STEP_APPS[step] for step in steps)  # exactly one submission a step
     assert (await http.get("/healthz")).status_code == 200
+    assert await _permits_held(db) == 0  # the new worker released what the dead one took
 
 
 async def test_twenty_generations_with_a_cap_of_two_never_exceed_two_jobs_in_flight(
@@ -119,3 +124,81 @@ async def test_a_generation_charged_but_never_started_is_started_by_the_sweeper(
     async with db.connection() as conn:
         entries = await ledger.entries_for_generation(conn, generation_id)
     assert [e.kind for e in entries] == ["charge"]
+
+
+async def _permits_held(db: AsyncConnectionPool) -> int:  # type: ignore[type-arg]
+    async with db.connection() as conn:
+        cur = await conn.execute(
+            "SELECT count(*) AS n FROM provider_permits WHERE expires_at >= now()"
+        )
+        row = await cur.fetchone()
+    return int(row["n"]) if row else 0
+
+
+async def _start_slow_generation(
+    http: httpx.AsyncClient, models: httpx.AsyncClient
+) -> tuple[User, str]:
+    """A generation whose animate job runs for a while; returns once that job runs."""
+    fault = {"app": "bitbuddies/animate", "kind": "delay", "times": 1, "seconds": 15}
+    (await models.post("/_local/faults", json=fault)).raise_for_status()
+    user = await signup(http)
+    generation_id = (await user.generate(photo("astronaut.png"))).json()["id"]
+
+    async def animating() -> bool:
+        requests = (await models.get("/_local/requests")).json()
+        return any(
+            r["app"] == "bitbuddies/animate" and r["status"] == "IN_PROGRESS" for r in requests
+        )
+
+    await _wait_for(animating)
+    return user, generation_id
+
+
+async def test_a_cancelled_generation_stops_the_job_refunds_and_frees_its_permit(
+    stack: Stack,
+    http: httpx.AsyncClient,
+    db: AsyncConnectionPool,  # type: ignore[type-arg]
+    models: httpx.AsyncClient,
+) -> None:
+    user, generation_id = await _start_slow_generation(http, models)
+    temporal = await Client.connect(stack.cfg.temporal_address)
+    await temporal.get_workflow_handle(generation_id).cancel()
+
+    events = await asyncio.wait_for(user.events(generation_id), 60)
+    assert events[-1].event == "failed"
+    assert events[-1].data["status"] == "cancelled" and events[-1].data["refunded"] is True
+    assert (await user.generation(generation_id))["status"] == "cancelled"
+    assert await user.balance() == 3
+    animate = [
+        r for r in (await models.get("/_local/requests")).json() if r["app"] == "bitbuddies/animate"
+    ]
+    assert [r["status"] for r in animate] == ["CANCELLED"]  # the provider's job was stopped
+    assert await _permits_held(db) == 0
+
+
+async def test_a_terminated_generation_is_settled_by_the_sweeper(
+    stack: Stack,
+    http: httpx.AsyncClient,
+    db: AsyncConnectionPool,  # type: ignore[type-arg]
+    models: httpx.AsyncClient,
+) -> None:
+    user, generation_id = await _start_slow_generation(http, models)
+    assert await _permits_held(db) == 1
+    temporal = await Client.connect(stack.cfg.temporal_address)
+    # Terminate skips the workflow's own cleanup: no refund, no terminal event.
+    await temporal.get_workflow_handle(generation_id).terminate(reason="operator")
+    async with db.connection() as conn:  # as if the sweeper's patience had run out
+        await conn.execute(
+            "UPDATE generations SET updated_at = now() - interval '1 hour' WHERE id = %s",
+            (uuid.UUID(generation_id),),
+        )
+
+    events = await asyncio.wait_for(user.events(generation_id), 60)
+    assert events[-1].event == "failed"
+    assert events[-1].data["refunded"] is True
+    assert (await user.generation(generation_id))["status"] == "failed"
+    assert await user.balance() == 3
+    async with db.connection() as conn:
+        entries = await ledger.entries_for_generation(conn, uuid.UUID(generation_id))
+    assert [e.kind for e in entries] == ["charge", "refund"]
+    assert await _permits_held(db) == 0

@@ -181,13 +181,24 @@ async def finish_generation(
     return found
 
 
-async def stale_queued_generations(conn: Conn, older_than: timedelta) -> list[Generation]:
+async def stale_open_generations(conn: Conn, older_than: timedelta) -> list[Generation]:
+    """Queued or running generations that have not moved for ``older_than``."""
     cur = await conn.execute(
-        f"SELECT {_GEN} FROM generations WHERE status = 'queued' AND created_at < now() - %s"
-        " ORDER BY created_at LIMIT 100",
+        f"SELECT {_GEN} FROM generations WHERE status IN ('queued', 'running')"
+        " AND updated_at < now() - %s ORDER BY updated_at LIMIT 100",
         (older_than,),
     )
     return [Generation(**row) for row in await cur.fetchall()]
+
+
+async def release_generation_permits(conn: Conn, generation_id: UUID) -> int:
+    """Drop the provider permits held by a generation's recorded jobs; return how many."""
+    cur = await conn.execute(
+        "DELETE FROM provider_permits WHERE holder IN"
+        " (SELECT idempotency_key FROM provider_jobs WHERE generation_id = %s)",
+        (generation_id,),
+    )
+    return cur.rowcount
 
 
 # --- characters -------------------------------------------------------------------
