@@ -72,7 +72,11 @@ RELEASE_OPTIONS: dict[str, Any] = {
     "retry_policy": RetryPolicy(maximum_attempts=10, maximum_interval=timedelta(seconds=10)),
 }
 
-POLL_INTERVAL_SECONDS = 0.25
+# Short jobs are noticed quickly and long ones are not hammered: the wait between status
+# checks starts small and grows to a cap (well inside the poll's heartbeat timeout).
+POLL_FIRST_INTERVAL_SECONDS = 0.05
+POLL_MAX_INTERVAL_SECONDS = 1.0
+POLL_BACKOFF = 1.5
 INPUT_URL_TTL = timedelta(hours=2)
 
 
@@ -210,6 +214,7 @@ class ModelActivities:
         """Wait for the job, heartbeating each poll and keeping the permit's lease alive."""
         semaphore = self._semaphore(job.app)
         last_state = ""
+        interval = POLL_FIRST_INTERVAL_SECONDS
         while True:
             try:
                 status = await self.rt.fal.status(job.app, job.request_id, with_logs=True)
@@ -247,7 +252,8 @@ class ModelActivities:
                     percent=job.percent,
                 )
             last_state = state
-            await asyncio.sleep(POLL_INTERVAL_SECONDS)
+            await asyncio.sleep(interval)
+            interval = min(interval * POLL_BACKOFF, POLL_MAX_INTERVAL_SECONDS)
 
     @activity.defn
     async def fetch_model_result(self, job: ModelJob) -> ModelOutput:
