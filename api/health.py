@@ -7,6 +7,7 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
+from temporalio.api.workflowservice.v1 import GetSystemInfoRequest
 
 from infra import liveness
 
@@ -29,7 +30,10 @@ async def _redis(request: Request) -> None:
 
 
 async def _temporal(request: Request) -> None:
-    await request.app.state.temporal.service_client.check_health()
+    # GetSystemInfo is what the SDK itself calls on connect, so every Temporal deployment
+    # (dev server, self-hosted, Cloud) answers it; the gRPC health service is not exposed
+    # everywhere.
+    await request.app.state.temporal.workflow_service.get_system_info(GetSystemInfoRequest())
 
 
 async def _workers(request: Request, queue: str) -> None:
