@@ -21,6 +21,7 @@ import httpx
 from temporalio import activity
 from temporalio.common import RetryPolicy
 from temporalio.exceptions import ApplicationError
+from temporalio.workflow import ActivityCancellationType
 
 from activities.permits import get_globally_cached_semaphore
 from activities.runtime import Runtime
@@ -39,6 +40,9 @@ NON_RETRYABLE_MODEL_ERRORS = [MODEL_REQUEST_REJECTED, MODEL_JOB_FAILED]
 SUBMIT_OPTIONS: dict[str, Any] = {
     # Waiting for a free permit can take a while under load; the heartbeat proves liveness.
     "start_to_close_timeout": timedelta(minutes=30),
+    # On cancellation, wait until submit has really stopped, so that cleanup finds the job
+    # it may have just created (release_model_job looks it up by the step's key).
+    "cancellation_type": ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
     "heartbeat_timeout": timedelta(seconds=10),
     "retry_policy": RetryPolicy(
         initial_interval=timedelta(seconds=1),
@@ -287,10 +291,23 @@ class ModelActivities:
     @activity.defn
     async def release_model_job(self, release: ReleaseInput) -> None:
         """Cleanup after a failed or cancelled step: stop the job if it may still run,
-        then give the permit back. Safe to repeat."""
-        if release.request_id:
+        then give the permit back. Safe to repeat.
+
+        The workflow may not know the job's id (cancelled while submit was finishing), so
+        the one submit recorded under the step's key is looked up.
+        """
+        request_id = release.request_id
+        if not request_id:
+            async with self.rt.db.connection() as conn:
+                cur = await conn.execute(
+                    "SELECT request_id FROM provider_jobs WHERE idempotency_key = %s",
+                    (release.idempotency_key,),
+                )
+                row = await cur.fetchone()
+            request_id = row["request_id"] if row else None
+        if request_id:
             try:
-                await self.rt.fal.cancel(release.app, release.request_id)
+                await self.rt.fal.cancel(release.app, request_id)
             except fal_client.client.FalClientHTTPError as err:
                 if err.status_code >= 500:
                     raise
