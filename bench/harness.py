@@ -21,21 +21,14 @@ def local_stack(
 ) -> Iterator[services.StackConfig]:
     """Every part of the service on free ports in a temporary folder, as the tests run it."""
     with tempfile.TemporaryDirectory(prefix="bitbuddies-bench-") as tmp:
-        cfg = services.StackConfig(
-            data_dir=Path(tmp),
-            ports=services.Ports.random(),
-            persistent=False,
-            temporal_ui=False,
+        cfg = services.StackConfig.throwaway(
+            Path(tmp),
+            env={"BITBUDDIES_LOG_LEVEL": "WARNING", **env},
             model_workers=model_workers,
-            model_replay=replay,
-            extra_env={"BITBUDDIES_LOG_LEVEL": "WARNING", **env},
+            replay=replay,
         )
-        started = services.start_all(cfg)
-        try:
+        with services.running(cfg):
             yield cfg
-        finally:
-            for service in reversed(started):
-                service.stop()
 
 
 @dataclass
@@ -72,7 +65,7 @@ class Summary:
         return cls(statistics.median(ordered), p95, len(ordered) / wall_seconds)
 
 
-def test_photo(size: int | None = None) -> bytes:
+def sample_photo(size: int | None = None) -> bytes:
     """A public-domain portrait shipped in scikit-image's wheel, optionally resized."""
     import cv2
     import numpy as np

@@ -24,7 +24,7 @@ from temporalio.client import Client, WorkflowHistory
 
 from api.client import signup
 from bench.bare import TASK_QUEUE, BareWorkflow
-from bench.harness import Summary, local_stack, test_photo, timed_generation
+from bench.harness import Summary, local_stack, sample_photo, timed_generation
 from infra import services
 
 ENV = {
@@ -89,7 +89,7 @@ def bare_worker(cfg: services.StackConfig) -> services.Managed:
 
 
 async def run(cfg: services.StackConfig, n: int, concurrencies: list[int]) -> None:
-    photo = test_photo()
+    photo = sample_photo()
     client = await Client.connect(cfg.temporal_address)
     async with httpx.AsyncClient(base_url=cfg.api_url, timeout=120.0) as http:
         user = await signup(http)

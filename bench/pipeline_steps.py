@@ -18,7 +18,7 @@ from collections import defaultdict
 import httpx
 
 from api.client import signup
-from bench.harness import Timed, local_stack, test_photo, timed_generation
+from bench.harness import Timed, local_stack, sample_photo, timed_generation
 from infra import services
 from infra.settings import Settings
 
@@ -39,7 +39,7 @@ def step_times(timed: Timed) -> dict[str, float]:
 
 
 async def run(cfg: services.StackConfig, runs: int, photo_size: int) -> None:
-    photo = test_photo(photo_size)
+    photo = sample_photo(photo_size)
     per_step: dict[str, list[float]] = defaultdict(list)
     totals: list[float] = []
     async with httpx.AsyncClient(base_url=cfg.api_url, timeout=300.0) as http:

@@ -18,7 +18,7 @@ import subprocess
 import sys
 import time
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -74,6 +74,21 @@ class StackConfig:
     model_workers: int = 2
     model_replay: bool = False  # benchmarks: the model server answers instantly
     extra_env: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def throwaway(
+        cls, data_dir: Path, *, env: dict[str, str], model_workers: int = 2, replay: bool = False
+    ) -> StackConfig:
+        """A stack for tests and benchmarks: free ports, no UI, nothing kept on disk."""
+        return cls(
+            data_dir=data_dir,
+            ports=Ports.random(),
+            persistent=False,
+            temporal_ui=False,
+            model_workers=model_workers,
+            model_replay=replay,
+            extra_env=env,
+        )
 
     @property
     def database_url(self) -> str:
@@ -459,3 +474,14 @@ def start_all(cfg: StackConfig, announce: Callable[[str], None] = lambda _: None
             service.stop()
         raise
     return started
+
+
+@contextlib.contextmanager
+def running(cfg: StackConfig) -> Iterator[list[Managed]]:
+    """Every part started (see start_all) for the block, stopped in reverse after it."""
+    started = start_all(cfg)
+    try:
+        yield started
+    finally:
+        for service in reversed(started):
+            service.stop()

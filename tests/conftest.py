@@ -63,6 +63,20 @@ async def insert_generation(
     return generation_id
 
 
+async def permits_held(db: AsyncConnectionPool) -> int:  # type: ignore[type-arg]
+    """Provider permits in the table, expired or not."""
+    async with db.connection() as conn:
+        cur = await conn.execute("SELECT count(*) AS n FROM provider_permits")
+        row = await cur.fetchone()
+    return int(row["n"]) if row else 0
+
+
+async def ledger_kinds(db: AsyncConnectionPool, generation_id: str | uuid.UUID) -> list[str]:  # type: ignore[type-arg]
+    async with db.connection() as conn:
+        entries = await ledger.entries_for_generation(conn, uuid.UUID(str(generation_id)))
+    return [e.kind for e in entries]
+
+
 def photo(name: str) -> bytes:
     """Public-domain photos shipped inside scikit-image's wheel (never imported)."""
     return (files("skimage") / "data" / name).read_bytes()
@@ -81,25 +95,15 @@ class Stack:
 
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    data_dir = tmp_path_factory.mktemp("stack")
-    cfg = services.StackConfig(
-        data_dir=data_dir,
-        ports=services.Ports.random(),
-        persistent=False,
-        temporal_ui=False,
-        model_workers=2,
-        extra_env=TEST_ENV,
-    )
+    cfg = services.StackConfig.throwaway(tmp_path_factory.mktemp("stack"), env=TEST_ENV)
     for key, value in {**cfg.app_env(), **TEST_ENV}.items():
         os.environ[key] = value  # in-process helpers read the same settings
-    started = services.start_all(cfg)
-    stack = Stack(cfg=cfg, worker=next(s for s in started if s.name == "worker"))
-    try:
-        yield stack
-    finally:
-        stack.worker.stop()
-        for service in reversed(started):
-            service.stop()
+    with services.running(cfg) as started:
+        stack = Stack(cfg=cfg, worker=next(s for s in started if s.name == "worker"))
+        try:
+            yield stack
+        finally:
+            stack.worker.stop()  # a restarted worker is not among `started`
 
 
 @pytest.fixture(scope="session")

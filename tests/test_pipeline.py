@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import itertools
 
 import ffmpeg
 import httpx
@@ -46,6 +47,8 @@ async def test_photo_becomes_an_animated_transparent_character(
     assert all(e.event == "progress" for e in events[:-1])
     for event in events:
         assert {"step", "message", "percent"} <= event.data.keys()
+    # each event says something new: no step is announced twice in a row
+    assert all(a.data != b.data for a, b in itertools.pairwise(events))
     started = [e.data["step"] for e in events if e.event == "progress"]
     order = list(dict.fromkeys(started))
     assert [s for s in order if s in PIPELINE] == PIPELINE

@@ -10,7 +10,14 @@ from psycopg_pool import AsyncConnectionPool
 
 from api.client import User, signup
 from billing import ledger
-from tests.conftest import FIXTURES, Stack, insert_generation, photo
+from tests.conftest import (
+    FIXTURES,
+    Stack,
+    insert_generation,
+    ledger_kinds,
+    permits_held,
+    photo,
+)
 
 
 async def _run(user: User, picture: bytes) -> tuple[dict, list]:  # type: ignore[type-arg]
@@ -19,12 +26,6 @@ async def _run(user: User, picture: bytes) -> tuple[dict, list]:  # type: ignore
     generation_id = response.json()["id"]
     events = await user.events(generation_id)
     return await user.generation(generation_id), events
-
-
-async def _ledger(db: AsyncConnectionPool, generation_id: str) -> list[str]:  # type: ignore[type-arg]
-    async with db.connection() as conn:
-        entries = await ledger.entries_for_generation(conn, uuid.UUID(generation_id))
-    return [e.kind for e in entries]
 
 
 async def test_nsfw_photo_fails_with_a_clear_message_and_is_refunded(
@@ -40,7 +41,7 @@ async def test_nsfw_photo_fails_with_a_clear_message_and_is_refunded(
     assert events[-1].event == "failed"
     assert events[-1].data["error_code"] == "nsfw" and events[-1].data["refunded"] is True
     assert await user.balance() == 3
-    assert await _ledger(db, generation["id"]) == ["charge", "refund"]
+    assert await ledger_kinds(db, generation["id"]) == ["charge", "refund"]
     # rejected before spending on anything else
     submitted = {r["app"] for r in (await models.get("/_local/requests")).json()}
     assert submitted == {"bitbuddies/nsfw-filter"}
@@ -57,7 +58,7 @@ async def test_photo_without_a_face_fails_with_a_clear_message_and_is_refunded(
     assert "face" in generation["error"].lower()
     assert events[-1].data["error_code"] == "unusable_photo"
     assert await user.balance() == 3
-    assert await _ledger(db, generation["id"]) == ["charge", "refund"]
+    assert await ledger_kinds(db, generation["id"]) == ["charge", "refund"]
 
 
 FAULTS = [
@@ -95,12 +96,9 @@ async def test_a_failure_at_each_step_refunds_exactly_once(
     assert events[-1].data["error_code"] == "internal"
     assert events[-1].data["refunded"] is True
     assert await user.balance() == 3
-    assert await _ledger(db, generation["id"]) == ["charge", "refund"]
+    assert await ledger_kinds(db, generation["id"]) == ["charge", "refund"]
     # no permit is left behind by the failed step
-    async with db.connection() as conn:
-        cur = await conn.execute("SELECT count(*) AS n FROM provider_permits")
-        row = await cur.fetchone()
-    assert row is not None and row["n"] == 0
+    assert await permits_held(db) == 0
 
 
 async def test_a_refund_retried_with_any_key_moves_money_once(
@@ -117,4 +115,4 @@ async def test_a_refund_retried_with_any_key_moves_money_once(
                 conn, charge_key=ledger.charge_key(generation_id), idempotency_key=key, reason="t"
             )
     assert await user.balance() == 3
-    assert await _ledger(db, str(generation_id)) == ["charge", "refund"]
+    assert await ledger_kinds(db, str(generation_id)) == ["charge", "refund"]

@@ -12,10 +12,15 @@ from psycopg_pool import AsyncConnectionPool
 from temporalio.client import Client
 
 from api.client import User, signup
-from billing import ledger
 from infra.settings import Settings
 from infra.storage import storage_from_settings
-from tests.conftest import Stack, insert_generation, photo
+from tests.conftest import (
+    Stack,
+    insert_generation,
+    ledger_kinds,
+    permits_held,
+    photo,
+)
 
 STEP_APPS = {
     "nsfw_filter": "bitbuddies/nsfw-filter",
@@ -42,19 +47,8 @@ async def test_a_worker_killed_mid_poll_resumes_on_a_new_worker_without_resubmit
     db: AsyncConnectionPool,  # type: ignore[type-arg]
     models: httpx.AsyncClient,
 ) -> None:
-    fault = {"app": "bitbuddies/animate", "kind": "delay", "times": 1, "seconds": 6}
-    (await models.post("/_local/faults", json=fault)).raise_for_status()
-    user = await signup(http)
-    created = (await user.generate(photo("astronaut.png"))).json()
-    stream = asyncio.create_task(user.events(created["id"]))
-
-    async def animating() -> bool:
-        requests = (await models.get("/_local/requests")).json()
-        return any(
-            r["app"] == "bitbuddies/animate" and r["status"] == "IN_PROGRESS" for r in requests
-        )
-
-    await _wait_for(animating)
+    user, generation_id = await _start_slow_generation(http, models, seconds=6)
+    stream = asyncio.create_task(user.events(generation_id))
     stack.worker.kill()  # SIGKILL: no cleanup, permits and polls die with it
 
     async def reported_missing() -> bool:
@@ -70,11 +64,11 @@ async def test_a_worker_killed_mid_poll_resumes_on_a_new_worker_without_resubmit
     events = await asyncio.wait_for(stream, 180)
     assert events[-1].event == "completed", events[-1]
     requests = (await models.get("/_local/requests")).json()
-    mine = Counter(r["app"] for r in requests if created["id"] in str(r["arguments"]))
+    mine = Counter(r["app"] for r in requests if generation_id in str(r["arguments"]))
     steps = {e.data["step"] for e in events} & STEP_APPS.keys()
     assert mine == Counter(STEP_APPS[step] for step in steps)  # exactly one submission a step
     assert (await http.get("/healthz")).status_code == 200
-    assert await _permits_held(db) == 0  # the new worker released what the dead one took
+    assert await permits_held(db) == 0  # the new worker released what the dead one took
 
 
 async def test_twenty_generations_with_a_cap_of_two_never_exceed_two_jobs_in_flight(
@@ -121,25 +115,14 @@ async def test_a_generation_charged_but_never_started_is_started_by_the_sweeper(
     events = await asyncio.wait_for(user.events(str(generation_id)), 120)
     assert events[-1].event == "completed", events[-1]
     assert await user.balance() == 2  # charged once, delivered, not refunded
-    async with db.connection() as conn:
-        entries = await ledger.entries_for_generation(conn, generation_id)
-    assert [e.kind for e in entries] == ["charge"]
-
-
-async def _permits_held(db: AsyncConnectionPool) -> int:  # type: ignore[type-arg]
-    async with db.connection() as conn:
-        cur = await conn.execute(
-            "SELECT count(*) AS n FROM provider_permits WHERE expires_at >= now()"
-        )
-        row = await cur.fetchone()
-    return int(row["n"]) if row else 0
+    assert await ledger_kinds(db, generation_id) == ["charge"]
 
 
 async def _start_slow_generation(
-    http: httpx.AsyncClient, models: httpx.AsyncClient
+    http: httpx.AsyncClient, models: httpx.AsyncClient, seconds: float = 15
 ) -> tuple[User, str]:
     """A generation whose animate job runs for a while; returns once that job runs."""
-    fault = {"app": "bitbuddies/animate", "kind": "delay", "times": 1, "seconds": 15}
+    fault = {"app": "bitbuddies/animate", "kind": "delay", "times": 1, "seconds": seconds}
     (await models.post("/_local/faults", json=fault)).raise_for_status()
     user = await signup(http)
     generation_id = (await user.generate(photo("astronaut.png"))).json()["id"]
@@ -173,7 +156,7 @@ async def test_a_cancelled_generation_stops_the_job_refunds_and_frees_its_permit
         r for r in (await models.get("/_local/requests")).json() if r["app"] == "bitbuddies/animate"
     ]
     assert [r["status"] for r in animate] == ["CANCELLED"]  # the provider's job was stopped
-    assert await _permits_held(db) == 0
+    assert await permits_held(db) == 0
 
 
 async def test_a_terminated_generation_is_settled_by_the_sweeper(
@@ -183,7 +166,7 @@ async def test_a_terminated_generation_is_settled_by_the_sweeper(
     models: httpx.AsyncClient,
 ) -> None:
     user, generation_id = await _start_slow_generation(http, models)
-    assert await _permits_held(db) == 1
+    assert await permits_held(db) == 1
     temporal = await Client.connect(stack.cfg.temporal_address)
     # Terminate skips the workflow's own cleanup: no refund, no terminal event.
     await temporal.get_workflow_handle(generation_id).terminate(reason="operator")
@@ -198,7 +181,5 @@ async def test_a_terminated_generation_is_settled_by_the_sweeper(
     assert events[-1].data["refunded"] is True
     assert (await user.generation(generation_id))["status"] == "failed"
     assert await user.balance() == 3
-    async with db.connection() as conn:
-        entries = await ledger.entries_for_generation(conn, uuid.UUID(generation_id))
-    assert [e.kind for e in entries] == ["charge", "refund"]
-    assert await _permits_held(db) == 0
+    assert await ledger_kinds(db, generation_id) == ["charge", "refund"]
+    assert await permits_held(db) == 0
