@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import mimetypes
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -27,6 +27,7 @@ from activities.permits import get_globally_cached_semaphore
 from activities.runtime import Runtime
 from infra import progress
 from infra.database import records
+from infra.falclient import read_result
 from infra.storage import CHUNK_SIZE
 
 # --- the options the workflow runs each activity with --------------------------------
@@ -82,6 +83,8 @@ POLL_FIRST_INTERVAL_SECONDS = 0.05
 POLL_MAX_INTERVAL_SECONDS = 1.0
 POLL_BACKOFF = 1.5
 INPUT_URL_TTL = timedelta(hours=2)
+# Well inside fetch's 30 s heartbeat timeout.
+DOWNLOAD_HEARTBEAT_SECONDS = 5.0
 
 
 @dataclass
@@ -142,9 +145,18 @@ class ModelActivities:
     def _ttl(self) -> timedelta:
         return timedelta(seconds=self.rt.settings.model_permit_ttl_seconds)
 
-    async def _record_step(self, step: ModelStepInput) -> None:
+    async def _record_step(self, step: ModelStepInput) -> str | None:
+        """Mark the generation as running this step; return the job already submitted
+        under the step's key, if any. One round trip (pipeline mode)."""
         async with self.rt.db.connection() as conn:
-            await records.set_generation_step(conn, UUID(step.generation_id), step.step)
+            async with conn.pipeline():
+                await records.set_generation_step(conn, UUID(step.generation_id), step.step)
+                cur = await conn.execute(
+                    "SELECT request_id FROM provider_jobs WHERE idempotency_key = %s",
+                    (step.idempotency_key,),
+                )
+            row = await cur.fetchone()
+        return row["request_id"] if row else None
 
     @activity.defn
     async def submit_model_job(self, step: ModelStepInput) -> ModelJob:
@@ -159,16 +171,9 @@ class ModelActivities:
             message=step.message,
             percent=step.percent,
         )
-        async with self.rt.db.connection() as conn:
-            cur = await conn.execute(
-                "SELECT request_id FROM provider_jobs WHERE idempotency_key = %s",
-                (step.idempotency_key,),
-            )
-            row = await cur.fetchone()
-            if row is not None:
-                job.request_id = row["request_id"]
-                return job
-        await asyncio.gather(
+        # Announce the step and look for a job this step already submitted (a retry), at
+        # once: both are idempotent, and a retry announcing again is deduplicated.
+        submitted, _ = await asyncio.gather(
             self._record_step(step),
             progress.publish(
                 self.rt.redis,
@@ -180,6 +185,9 @@ class ModelActivities:
                 percent=step.percent,
             ),
         )
+        if submitted is not None:
+            job.request_id = submitted
+            return job
 
         await self._semaphore(step.app).acquire(
             self.rt.db,
@@ -221,7 +229,7 @@ class ModelActivities:
         interval = POLL_FIRST_INTERVAL_SECONDS
         while True:
             try:
-                status = await self.rt.fal.status(job.app, job.request_id, with_logs=True)
+                status = await self.rt.fal.status(job.app, job.request_id)
             except fal_client.client.FalClientHTTPError as err:
                 if err.status_code == 404:
                     raise ApplicationError(
@@ -230,8 +238,6 @@ class ModelActivities:
                         non_retryable=True,
                     ) from err
                 raise
-            state, message = _describe(status, job)
-            activity.heartbeat(state)
             if isinstance(status, fal_client.Completed):
                 if status.error:
                     raise ApplicationError(
@@ -241,6 +247,9 @@ class ModelActivities:
                         non_retryable=True,
                     )
                 return  # fetch releases the permit; no need to renew it now
+            state, message = _describe(status, job)
+            # Only a job still running is worth a heartbeat: completing reports liveness.
+            activity.heartbeat(state)
             await semaphore.renew(self.rt.db, job.idempotency_key, self._ttl)
             # Submit announced the step: what is news now is a place in line, and the
             # start after a wait.
@@ -263,7 +272,7 @@ class ModelActivities:
     async def fetch_model_result(self, job: ModelJob) -> ModelOutput:
         """Copy the job's files into our storage (streamed) and release the permit."""
         try:
-            result = await self.rt.fal.result(job.app, job.request_id)
+            result = await read_result(self.rt.fal, job.app, job.request_id)
         except fal_client.client.FalClientHTTPError as err:
             if _is_rejection(err):
                 raise ApplicationError(
@@ -272,20 +281,26 @@ class ModelActivities:
                     non_retryable=True,
                 ) from err
             raise
-        output = ModelOutput()
-        for name, value in result.items():
-            if isinstance(value, dict) and isinstance(value.get("url"), str):
-                content_type = value.get("content_type") or "application/octet-stream"
-                ext = mimetypes.guess_extension(content_type) or ".bin"
-                key = f"generations/{job.generation_id}/{job.step}/{name}{ext}"
-                await self.rt.storage.write_stream(
-                    key, _download(self.rt.http, value["url"]), content_type=content_type
-                )
-                output.files[name] = key
-                output.data[name] = {k: v for k, v in value.items() if k != "url"}
-            else:
-                output.data[name] = value
-        await self._semaphore(job.app).release(self.rt.db, job.idempotency_key)
+        # The job is over at the provider, so its permit goes back while the files copy.
+        release = asyncio.ensure_future(
+            self._semaphore(job.app).release(self.rt.db, job.idempotency_key)
+        )
+        try:
+            output = ModelOutput()
+            for name, value in result.items():
+                if isinstance(value, dict) and isinstance(value.get("url"), str):
+                    content_type = value.get("content_type") or "application/octet-stream"
+                    ext = mimetypes.guess_extension(content_type) or ".bin"
+                    key = f"generations/{job.generation_id}/{job.step}/{name}{ext}"
+                    await self.rt.storage.write_stream(
+                        key, _download(self.rt.http, value["url"]), content_type=content_type
+                    )
+                    output.files[name] = key
+                    output.data[name] = {k: v for k, v in value.items() if k != "url"}
+                else:
+                    output.data[name] = value
+        finally:
+            await release
         return output
 
     @activity.defn
@@ -327,8 +342,25 @@ def _describe(status: fal_client.Status, job: ModelJob) -> tuple[str, str]:
 
 
 async def _download(http: httpx.AsyncClient, url: str) -> AsyncIterator[bytes]:
+    beat = heartbeat_every(DOWNLOAD_HEARTBEAT_SECONDS)
     async with http.stream("GET", url) as response:
         response.raise_for_status()
         async for chunk in response.aiter_bytes(CHUNK_SIZE):
-            activity.heartbeat()
+            beat()
             yield chunk
+
+
+def heartbeat_every(seconds: float) -> Callable[[], None]:
+    """A heartbeat for loops: sends one only when ``seconds`` have passed since the last
+    (or since it was made), so a quick download costs no heartbeat round trip at all."""
+    loop = asyncio.get_running_loop()
+    last = loop.time()
+
+    def beat() -> None:
+        nonlocal last
+        now = loop.time()
+        if now - last >= seconds:
+            activity.heartbeat()
+            last = now
+
+    return beat

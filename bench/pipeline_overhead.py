@@ -34,22 +34,49 @@ ENV = {
     "BITBUDDIES_MODEL_CONCURRENCY": "64",  # measure our overhead, not a queue
     "BITBUDDIES_SIGNUP_TOKENS": "100000",
 }
+ROUNDS = 5  # the two sides alternate this many times per measurement
 
 
-async def measure(
-    once: Callable[[], Awaitable[float]], n: int, concurrency: int
-) -> tuple[Summary, list[float]]:
-    """Run ``once`` n times, at most ``concurrency`` at a time; summarise latencies."""
+async def batch(
+    once: Callable[[], Awaitable[float]], count: int, concurrency: int
+) -> tuple[list[float], float]:
+    """Run ``once`` count times, at most ``concurrency`` at a time: (latencies, wall time)."""
     gate = asyncio.Semaphore(concurrency)
-    latencies: list[float] = []
 
-    async def one() -> None:
+    async def one() -> float:
         async with gate:
-            latencies.append(await once())
+            return await once()
 
     start = time.perf_counter()
-    await asyncio.gather(*(one() for _ in range(n)))
-    return Summary.of(latencies, time.perf_counter() - start), latencies
+    latencies = await asyncio.gather(*(one() for _ in range(count)))
+    return list(latencies), time.perf_counter() - start
+
+
+async def measure_side_by_side(
+    ours: Callable[[], Awaitable[float]],
+    bare: Callable[[], Awaitable[float]],
+    n: int,
+    concurrency: int,
+    rounds: int,
+) -> tuple[Summary, Summary]:
+    """n runs of each, at most ``concurrency`` at a time, in alternating rounds.
+
+    Alternating (ours, bare, ours, bare...) rather than all of one then all of the other
+    means a slow minute on a shared machine slows both sides, not just one.
+    """
+    sides = {"ours": ours, "bare": bare}
+    latencies: dict[str, list[float]] = {side: [] for side in sides}
+    walls = dict.fromkeys(sides, 0.0)
+    for index in range(rounds):
+        count = n // rounds + (1 if index < n % rounds else 0)
+        for side, once in sides.items():
+            taken, wall = await batch(once, count, concurrency)
+            latencies[side] += taken
+            walls[side] += wall
+    return (
+        Summary.of(latencies["ours"], walls["ours"]),
+        Summary.of(latencies["bare"], walls["bare"]),
+    )
 
 
 def _transcode_seconds(history: WorkflowHistory) -> float:
@@ -121,16 +148,19 @@ async def run(cfg: services.StackConfig, n: int, concurrencies: list[int]) -> No
             rows = []
             for concurrency in concurrencies:
                 runs.clear()
-                ours, _ = await measure(pipeline_once, n, concurrency)
+                # Rounds of at least two batches each, so every round keeps the concurrency.
+                rounds = max(1, min(ROUNDS, n // (2 * concurrency)))
+                ours, bare = await measure_side_by_side(
+                    pipeline_once, bare_once, n, concurrency, rounds
+                )
                 minus_ffmpeg = [latency - encoding for latency, encoding in runs]
-                bare, _ = await measure(bare_once, n, concurrency)
                 rows.append((concurrency, ours, Summary.of(minus_ffmpeg, 1.0), bare))
         finally:
             worker.stop()
 
     print(
         f"\nBitBuddy pipeline vs a bare workflow of {activities} no-op activities"
-        f" ({n} runs each, models answering instantly)\n"
+        f" ({n} runs each, in alternating rounds; models answering instantly)\n"
     )
     print(f"{'':<34} {'median':>9} {'p95':>9} {'per s':>7}")
     for concurrency, ours, without, bare in rows:

@@ -19,6 +19,8 @@ error. Its connect-timeout cap also applies only to those hosts.
 
 from __future__ import annotations
 
+from typing import Any
+
 import fal_client
 import fal_client.client as fal_module
 import httpx
@@ -62,3 +64,30 @@ def check_no_backup_for(url: str) -> None:
 def _set_hosts(values: dict[str, str]) -> None:
     for name, value in values.items():
         setattr(fal_module, name, value)
+
+
+async def read_result(client: fal_client.AsyncClient, app: str, request_id: str) -> dict[str, Any]:
+    """The result of a job already known to be complete, in one request.
+
+    ``AsyncClient.result`` first polls the status until COMPLETED, which costs a second
+    round trip after our own poll activity has seen the job finish. Errors come out as
+    the same ``FalClientHTTPError`` fal_client raises (400 while the job still runs).
+    """
+    handle = await client.get_handle(app, request_id)
+    response = await handle.client.get(handle.response_url, timeout=fal_module.QUEUE_POLL_TIMEOUT)
+    if response.is_error:
+        try:
+            body = response.json()
+        except ValueError:
+            body = None
+        detail = body.get("detail", response.text) if isinstance(body, dict) else response.text
+        error_type = body.get("error_type") if isinstance(body, dict) else None
+        raise fal_client.client.FalClientHTTPError(
+            str(detail),
+            response.status_code,
+            dict(response.headers),
+            response=response,
+            error_type=error_type or response.headers.get("x-fal-error-type"),
+        )
+    result: dict[str, Any] = response.json()
+    return result
