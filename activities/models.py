@@ -27,7 +27,7 @@ from activities.permits import get_globally_cached_semaphore
 from activities.runtime import Runtime
 from infra import progress
 from infra.database import records
-from infra.falclient import read_result
+from infra.falclient import cancel_job, read_result
 from infra.storage import CHUNK_SIZE
 
 # --- the options the workflow runs each activity with --------------------------------
@@ -321,12 +321,7 @@ class ModelActivities:
                 row = await cur.fetchone()
             request_id = row["request_id"] if row else None
         if request_id:
-            try:
-                await self.rt.fal.cancel(release.app, request_id)
-            except fal_client.client.FalClientHTTPError as err:
-                if err.status_code >= 500:
-                    raise
-                # 400: already completed; 404: unknown. Nothing left to stop.
+            await cancel_job(self.rt.fal, release.app, request_id)
         await self._semaphore(release.app).release(self.rt.db, release.idempotency_key)
 
 

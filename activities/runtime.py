@@ -13,7 +13,7 @@ from psycopg_pool import AsyncConnectionPool
 from redis.asyncio import Redis
 
 from infra.database import open_pool
-from infra.falclient import make_fal_client
+from infra.falclient import fal_client_from_settings
 from infra.settings import Settings
 from infra.storage import Storage, storage_from_settings
 
@@ -34,7 +34,6 @@ async def open_runtime(settings: Settings) -> AsyncIterator[Runtime]:
     db = open_pool(settings.database_url, max_size=20)
     await db.open(wait=True)
     redis = Redis.from_url(settings.redis_url)
-    fal_key = settings.fal_key.get_secret_value() if settings.fal_key else None
     http = httpx.AsyncClient(timeout=httpx.Timeout(60.0, connect=10.0), follow_redirects=True)
     try:
         yield Runtime(
@@ -42,7 +41,7 @@ async def open_runtime(settings: Settings) -> AsyncIterator[Runtime]:
             db=db,
             redis=redis,
             storage=storage_from_settings(settings),
-            fal=make_fal_client(fal_key=fal_key, model_server_url=settings.model_server_url),
+            fal=fal_client_from_settings(settings),
             http=http,
         )
     finally:

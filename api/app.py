@@ -16,6 +16,7 @@ from api import accounts, characters, files, generations, health, streams
 from api.errors import install_error_handlers
 from api.sweeper import Sweeper
 from infra.database import open_pool
+from infra.falclient import fal_client_from_settings
 from infra.logging import configure_logging
 from infra.settings import Settings, get_settings
 from infra.storage import storage_from_settings
@@ -52,8 +53,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.storage = storage_from_settings(settings)
         app.state.hub = streams.ProgressHub(app.state.redis)
         await app.state.hub.start()
+        fal = fal_client_from_settings(settings)
         sweeper = asyncio.create_task(
-            Sweeper(app.state.db, app.state.redis, app.state.temporal, settings).run(),
+            Sweeper(app.state.db, app.state.redis, app.state.temporal, fal, settings).run(),
             name="sweeper",
         )
         log.info("API ready at %s", settings.public_url)

@@ -7,7 +7,8 @@ Two ways a charged token could otherwise be stranded:
   workflow id is the generation id); if Temporal refuses, the token is refunded.
 - The workflow ends without running its own cleanup (terminated by an operator, or timed
   out): the sweeper refunds the token, records the failure, frees the permits of its
-  recorded provider jobs, publishes the terminal event and alerts the owner.
+  recorded provider jobs and asks the provider to stop them (nobody will fetch their
+  results), publishes the terminal event and alerts the owner.
 
 Only generations that have not moved for ``stale_queued_seconds`` are looked at, so a
 workflow that is merely slow is never touched (its Temporal status says RUNNING). Every
@@ -22,6 +23,7 @@ import logging
 from datetime import timedelta
 from typing import Any
 
+import fal_client
 from psycopg_pool import AsyncConnectionPool
 from redis.asyncio import Redis
 from temporalio.api.enums.v1 import WorkflowExecutionStatus
@@ -34,11 +36,13 @@ from billing import ledger
 from infra import progress
 from infra.alerts import send_owner_alert, workflow_link
 from infra.database import records
+from infra.falclient import cancel_job
 from infra.settings import Settings
 
 log = logging.getLogger("bitbuddies.sweeper")
 
 SWEEP_LOCK = 0x6269_7473  # pg_try_advisory_lock key: one sweeper at a time
+SWEEP_PAGE = 100
 ABANDONED_MESSAGE = "Something went wrong while making your BitBuddy. Your token has been refunded."
 # A workflow that closed in one of these without its generation being settled skipped its
 # own cleanup. COMPLETED is not here: it records the character before it completes.
@@ -56,11 +60,13 @@ class Sweeper:
         db: AsyncConnectionPool[Any],
         redis: Redis,
         temporal: Client,
+        fal: fal_client.AsyncClient,
         settings: Settings,
     ) -> None:
         self.db = db
         self.redis = redis
         self.temporal = temporal
+        self.fal = fal
         self.settings = settings
 
     async def run(self) -> None:
@@ -80,12 +86,22 @@ class Sweeper:
             if not (row and row["locked"]):
                 return 0
             try:
-                stale = await records.stale_open_generations(
-                    conn, timedelta(seconds=self.settings.stale_queued_seconds)
-                )
-                for generation in stale:
-                    await self._settle(conn, generation)
-                return len(stale)
+                # Page by page, so generations still running at the front of the line
+                # (a long provider queue) never hide the ones behind them.
+                seen = 0
+                page: list[records.Generation] = []
+                while True:
+                    page = await records.stale_open_generations(
+                        conn,
+                        timedelta(seconds=self.settings.stale_queued_seconds),
+                        after=page[-1] if page else None,
+                        limit=SWEEP_PAGE,
+                    )
+                    for generation in page:
+                        await self._settle(conn, generation)
+                    seen += len(page)
+                    if len(page) < SWEEP_PAGE:
+                        return seen
             finally:
                 await conn.execute("SELECT pg_advisory_unlock(%s)", (SWEEP_LOCK,))
 
@@ -139,6 +155,8 @@ class Sweeper:
                 error_code="internal",
             )
             freed = await records.release_generation_permits(conn, generation.id)
+            jobs = await records.provider_jobs_of(conn, generation.id)
+        stopped = await self._stop_jobs(jobs, generation)
         await progress.publish(
             self.redis,
             str(generation.id),
@@ -153,7 +171,11 @@ class Sweeper:
         )
         context = {"generation_id": generation.id, "user_id": generation.user_id}
         log.error(
-            "settled an abandoned generation: %s (permits freed: %d)", why, freed, extra=context
+            "settled an abandoned generation: %s (permits freed: %d, provider jobs stopped: %d)",
+            why,
+            freed,
+            stopped,
+            extra=context,
         )
         await asyncio.to_thread(
             send_owner_alert,
@@ -162,7 +184,28 @@ class Sweeper:
             message=(
                 f"{why}\n"
                 + ("token refunded" if refunded else "NO REFUND: check the ledger")
+                + f"\nprovider jobs stopped: {stopped}"
                 + f"\nuser: {generation.user_id}\nworkflow: {generation.id}"
             ),
             url=workflow_link(self.settings, str(generation.id), run_id),
         )
+
+    async def _stop_jobs(self, jobs: list[tuple[str, str]], generation: records.Generation) -> int:
+        """Cancel every recorded job (finished ones just say so); return how many stopped.
+
+        Best effort: the generation is settled already, and a job that cannot be stopped
+        only runs to its end unused. Failures are logged for the operator.
+        """
+        stopped = 0
+        for app, request_id in jobs:
+            try:
+                stopped += await cancel_job(self.fal, app, request_id)
+            except Exception:
+                log.warning(
+                    "could not stop %s job %s",
+                    app,
+                    request_id,
+                    exc_info=True,
+                    extra={"generation_id": generation.id, "user_id": generation.user_id},
+                )
+        return stopped

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 from dataclasses import dataclass
 
@@ -50,6 +51,12 @@ async def read_photo(photo: UploadFile, *, max_bytes: int) -> CheckedPhoto:
             raise PayloadTooLarge(f"The photo is larger than {max_bytes // (1024 * 1024)} MB.")
         chunks.append(chunk)
     data = b"".join(chunks)
+    # Decoding a large photo takes a while of CPU: off the event loop, so the streams
+    # of every other client served by this process keep flowing meanwhile.
+    return await asyncio.to_thread(_check, data)
+
+
+def _check(data: bytes) -> CheckedPhoto:
     if not data:
         raise Invalid("The photo is empty.")
     kind = _sniff(data[:16])

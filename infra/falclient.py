@@ -25,6 +25,8 @@ import fal_client
 import fal_client.client as fal_module
 import httpx
 
+from infra.settings import Settings
+
 _REAL_HOSTS = {
     "QUEUE_URL_FORMAT": fal_module.QUEUE_URL_FORMAT,
     "RUN_URL_FORMAT": fal_module.RUN_URL_FORMAT,
@@ -52,6 +54,12 @@ def make_fal_client(*, fal_key: str | None, model_server_url: str) -> fal_client
         }
     )
     return fal_client.AsyncClient(key=LOCAL_KEY)
+
+
+def fal_client_from_settings(settings: Settings) -> fal_client.AsyncClient:
+    """The client the settings ask for: fal.ai when ``FAL_KEY`` is set, else local."""
+    key = settings.fal_key.get_secret_value() if settings.fal_key else None
+    return make_fal_client(fal_key=key, model_server_url=settings.model_server_url)
 
 
 def check_no_backup_for(url: str) -> None:
@@ -91,3 +99,16 @@ async def read_result(client: fal_client.AsyncClient, app: str, request_id: str)
         )
     result: dict[str, Any] = response.json()
     return result
+
+
+async def cancel_job(client: fal_client.AsyncClient, app: str, request_id: str) -> bool:
+    """Ask the provider to stop a job. True if it was stopped; False if the provider
+    refused (400: already finished, 404: unknown), as retrying cannot change that.
+    Server errors, timeouts and rate limits propagate, to be retried."""
+    try:
+        await client.cancel(app, request_id)
+    except fal_client.client.FalClientHTTPError as err:
+        if 400 <= err.status_code < 500 and err.status_code not in (408, 429):
+            return False
+        raise
+    return True

@@ -6,12 +6,15 @@ import asyncio
 import time
 import uuid
 from collections import Counter
+from datetime import timedelta
 
 import httpx
+import psycopg
 from psycopg_pool import AsyncConnectionPool
 from temporalio.client import Client
 
 from api.client import User, signup
+from infra.database import records
 from infra.settings import Settings
 from infra.storage import storage_from_settings
 from tests.conftest import (
@@ -183,3 +186,38 @@ async def test_a_terminated_generation_is_settled_by_the_sweeper(
     assert await user.balance() == 3
     assert await ledger_kinds(db, generation_id) == ["charge", "refund"]
     assert await permits_held(db) == 0
+    animate = [
+        r for r in (await models.get("/_local/requests")).json() if r["app"] == "bitbuddies/animate"
+    ]
+    assert [r["status"] for r in animate] == ["CANCELLED"]  # nobody would fetch its result
+
+
+async def test_the_sweeper_pages_past_generations_that_are_still_running(
+    http: httpx.AsyncClient,
+    db: AsyncConnectionPool,  # type: ignore[type-arg]
+) -> None:
+    """More stale generations than one page: every one is reached, stalest first."""
+    user_id = uuid.UUID((await signup(http)).id)
+    async with db.connection() as conn, conn.transaction():
+        # Uncommitted, so the live sweeper never sees (or settles) these rows.
+        ours = []
+        for age in range(5):
+            generation_id = uuid.uuid4()
+            await conn.execute(
+                "INSERT INTO generations (id, user_id, prompt, photo_key, status, updated_at)"
+                " VALUES (%s, %s, 'a knight', 'k', 'running', now() - make_interval(days => %s))",
+                (generation_id, user_id, 100 - age),
+            )
+            ours.append(generation_id)
+        seen: list[uuid.UUID] = []
+        page: list[records.Generation] = []
+        for _ in range(100):  # a cursor that did not advance would loop for ever
+            page = await records.stale_open_generations(
+                conn, timedelta(hours=1), after=page[-1] if page else None, limit=2
+            )
+            seen += [g.id for g in page if g.user_id == user_id]
+            if len(page) < 2:
+                break
+        raise psycopg.Rollback()  # leaves the block, nothing committed
+
+    assert seen == ours

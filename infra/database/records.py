@@ -181,14 +181,34 @@ async def finish_generation(
     return found
 
 
-async def stale_open_generations(conn: Conn, older_than: timedelta) -> list[Generation]:
-    """Queued or running generations that have not moved for ``older_than``."""
+async def stale_open_generations(
+    conn: Conn,
+    older_than: timedelta,
+    *,
+    after: Generation | None = None,
+    limit: int = 100,
+) -> list[Generation]:
+    """Queued or running generations that have not moved for ``older_than``, stalest
+    first; ``after`` (the last of the previous page) continues where that page ended."""
+    since: tuple[datetime | str, UUID] = (
+        (after.updated_at, after.id) if after else ("-infinity", UUID(int=0))
+    )
     cur = await conn.execute(
         f"SELECT {_GEN} FROM generations WHERE status IN ('queued', 'running')"
-        " AND updated_at < now() - %s ORDER BY updated_at LIMIT 100",
-        (older_than,),
+        " AND updated_at < now() - %s AND (updated_at, id) > (%s::timestamptz, %s)"
+        " ORDER BY updated_at, id LIMIT %s",
+        (older_than, *since, limit),
     )
     return [Generation(**row) for row in await cur.fetchall()]
+
+
+async def provider_jobs_of(conn: Conn, generation_id: UUID) -> list[tuple[str, str]]:
+    """(app, request_id) of every job submitted for a generation, oldest first."""
+    cur = await conn.execute(
+        "SELECT app, request_id FROM provider_jobs WHERE generation_id = %s ORDER BY created_at",
+        (generation_id,),
+    )
+    return [(row["app"], row["request_id"]) for row in await cur.fetchall()]
 
 
 async def release_generation_permits(conn: Conn, generation_id: UUID) -> int:
