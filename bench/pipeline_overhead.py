@@ -16,13 +16,16 @@ import asyncio
 import sys
 import time
 import uuid
+from collections import defaultdict
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 
 import httpx
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client, WorkflowHistory
 
 from api.client import signup
+from bench import cpu
 from bench.bare import TASK_QUEUE, BareWorkflow
 from bench.harness import Summary, local_stack, sample_photo, timed_generation
 from infra import services
@@ -39,17 +42,33 @@ ROUNDS = 5  # the two sides alternate this many times per measurement
 
 async def batch(
     once: Callable[[], Awaitable[float]], count: int, concurrency: int
-) -> tuple[list[float], float]:
-    """Run ``once`` count times, at most ``concurrency`` at a time: (latencies, wall time)."""
+) -> tuple[list[float], float, dict[str, float]]:
+    """Run ``once`` count times, at most ``concurrency`` at a time.
+
+    Returns the latencies, the wall time and the CPU each part of the stack used."""
     gate = asyncio.Semaphore(concurrency)
 
     async def one() -> float:
         async with gate:
             return await once()
 
+    cpu_before = cpu.snapshot()
     start = time.perf_counter()
     latencies = await asyncio.gather(*(one() for _ in range(count)))
-    return list(latencies), time.perf_counter() - start
+    wall = time.perf_counter() - start
+    return list(latencies), wall, cpu.used_since(cpu_before)
+
+
+@dataclass
+class Side:
+    """One side of the comparison: its latencies, wall time and CPU, summed over rounds."""
+
+    latencies: list[float] = field(default_factory=list)
+    wall: float = 0.0
+    cpu: defaultdict[str, float] = field(default_factory=lambda: defaultdict(float))
+
+    def summary(self) -> Summary:
+        return Summary.of(self.latencies, self.wall)
 
 
 async def measure_side_by_side(
@@ -58,25 +77,22 @@ async def measure_side_by_side(
     n: int,
     concurrency: int,
     rounds: int,
-) -> tuple[Summary, Summary]:
+) -> tuple[Side, Side]:
     """n runs of each, at most ``concurrency`` at a time, in alternating rounds.
 
     Alternating (ours, bare, ours, bare...) rather than all of one then all of the other
     means a slow minute on a shared machine slows both sides, not just one.
     """
-    sides = {"ours": ours, "bare": bare}
-    latencies: dict[str, list[float]] = {side: [] for side in sides}
-    walls = dict.fromkeys(sides, 0.0)
+    sides = {"ours": (ours, Side()), "bare": (bare, Side())}
     for index in range(rounds):
         count = n // rounds + (1 if index < n % rounds else 0)
-        for side, once in sides.items():
-            taken, wall = await batch(once, count, concurrency)
-            latencies[side] += taken
-            walls[side] += wall
-    return (
-        Summary.of(latencies["ours"], walls["ours"]),
-        Summary.of(latencies["bare"], walls["bare"]),
-    )
+        for once, side in sides.values():
+            latencies, wall, used = await batch(once, count, concurrency)
+            side.latencies += latencies
+            side.wall += wall
+            for part, seconds in used.items():
+                side.cpu[part] += seconds
+    return sides["ours"][1], sides["bare"][1]
 
 
 def _transcode_seconds(history: WorkflowHistory) -> float:
@@ -163,19 +179,31 @@ async def run(cfg: services.StackConfig, n: int, concurrencies: list[int]) -> No
         f" ({n} runs each, in alternating rounds; models answering instantly)\n"
     )
     print(f"{'':<34} {'median':>9} {'p95':>9} {'per s':>7}")
-    for concurrency, ours, without, bare in rows:
+    for concurrency, ours_side, without, bare_side in rows:
+        mine, theirs = ours_side.summary(), bare_side.summary()
         print(f"concurrency {concurrency}")
-        print(_line("  pipeline", ours.median, ours.p95, f"{ours.per_second:7.2f}"))
+        print(_line("  pipeline", mine.median, mine.p95, f"{mine.per_second:7.2f}"))
         print(_line("  pipeline without ffmpeg", without.median, without.p95, ""))
-        print(_line("  bare workflow", bare.median, bare.p95, f"{bare.per_second:7.2f}"))
+        print(_line("  bare workflow", theirs.median, theirs.p95, f"{theirs.per_second:7.2f}"))
         print(
-            f"  {'ratio, pipeline / bare':<32} {ours.median / bare.median:>8.2f}x"
-            f" {ours.p95 / bare.p95:>8.2f}x {bare.per_second / ours.per_second:>6.2f}x"
+            f"  {'ratio, pipeline / bare':<32} {mine.median / theirs.median:>8.2f}x"
+            f" {mine.p95 / theirs.p95:>8.2f}x {theirs.per_second / mine.per_second:>6.2f}x"
         )
         print(
-            f"  {'ratio, without ffmpeg / bare':<32} {without.median / bare.median:>8.2f}x"
-            f" {without.p95 / bare.p95:>8.2f}x"
+            f"  {'ratio, without ffmpeg / bare':<32} {without.median / theirs.median:>8.2f}x"
+            f" {without.p95 / theirs.p95:>8.2f}x"
         )
+        if cpu.available():
+            print("  CPU per generation (ms)          pipeline      bare")
+            parts = sorted(set(ours_side.cpu) | set(bare_side.cpu), key=lambda p: -ours_side.cpu[p])
+            for part in [*parts, "total"]:
+                ours_ms, bare_ms = (
+                    (sum(side.cpu.values()) if part == "total" else side.cpu[part])
+                    * 1000
+                    / len(side.latencies)
+                    for side in (ours_side, bare_side)
+                )
+                print(f"    {part:<30} {ours_ms:>8.0f} {bare_ms:>9.0f}")
     print(
         "\n'without ffmpeg' subtracts each generation's transcode activity (VP9 + WebP + PNG"
         " encoding, work the bare workflow does not do).\ntarget: within 1.3x of the bare"
