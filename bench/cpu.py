@@ -27,9 +27,12 @@ def available() -> bool:
     return Path("/proc/self/stat").exists()
 
 
-def snapshot() -> dict[str, float]:
-    """Seconds of CPU (user + system) used so far, per part of the stack."""
-    used: defaultdict[str, float] = defaultdict(float)
+Snapshot = dict[tuple[int, str], float]  # (pid, part) -> seconds of CPU so far
+
+
+def snapshot() -> Snapshot:
+    """Seconds of CPU (user + system) each process of the stack has used so far."""
+    used: Snapshot = {}
     if not available():
         return used
     tick = os.sysconf("SC_CLK_TCK")
@@ -43,18 +46,20 @@ def snapshot() -> dict[str, float]:
             continue
         # Fields after the parenthesised name: utime, stime, cutime, cstime are 11-14.
         fields = stat.rsplit(")", 1)[1].split()
-        own = (int(fields[11]) + int(fields[12])) / tick
-        children = (int(fields[13]) + int(fields[14])) / tick
+        pid = int(entry.name)
         for marker, part in PARTS.items():
             if marker in command:
-                used[part] += own
+                used[pid, part] = (int(fields[11]) + int(fields[12])) / tick
                 if part == "worker":
-                    used[FFMPEG] += children
+                    used[pid, FFMPEG] = (int(fields[13]) + int(fields[14])) / tick
                 break
+    return used
+
+
+def used_since(before: Snapshot) -> dict[str, float]:
+    """Seconds of CPU per part since ``before``. A process that ended in between (a
+    short-lived PostgreSQL backend) is not counted: its figures are gone with it."""
+    used: defaultdict[str, float] = defaultdict(float)
+    for (pid, part), seconds in snapshot().items():
+        used[part] += seconds - before.get((pid, part), 0.0)
     return dict(used)
-
-
-def used_since(before: dict[str, float]) -> dict[str, float]:
-    """Seconds of CPU per part since ``before`` was taken."""
-    now = snapshot()
-    return {part: now[part] - before.get(part, 0.0) for part in now}
