@@ -1,4 +1,5 @@
-"""``make_fal_client``: which hosts the unmodified fal_client ends up talking to."""
+"""``infra.falclient``: which hosts the unmodified fal_client ends up talking to, and our
+two shortcuts over its API (one-request results, cancellation), against the server."""
 
 from __future__ import annotations
 
@@ -6,9 +7,9 @@ import fal_client
 import fal_client.client as fal_module
 import httpx
 import pytest
-from ms_helpers import ModelServer
+from ms_helpers import ModelServer, add_fault, wait_for, wait_idle
 
-from infra.falclient import check_no_backup_for, make_fal_client
+from infra.falclient import cancel_job, check_no_backup_for, make_fal_client, read_result
 
 
 def hosts() -> dict[str, str]:
@@ -57,3 +58,61 @@ async def test_the_key_header_is_sent_and_ignored(
     handle = await fal.submit("bitbuddies/nsfw-filter", {"image_url": astronaut_uri})
     assert handle.client.headers["authorization"] == "Key local"
     assert "nsfw_probability" in await handle.get(interval=0.02)
+
+
+async def test_read_result_answers_like_fal_clients_result_in_one_request(
+    fal: fal_client.AsyncClient, clean: httpx.AsyncClient, astronaut_uri: str
+) -> None:
+    handle = await fal.submit("bitbuddies/nsfw-filter", {"image_url": astronaut_uri})
+    await wait_for(handle, fal_client.Completed)
+
+    assert await read_result(fal, "bitbuddies/nsfw-filter", handle.request_id) == await fal.result(
+        "bitbuddies/nsfw-filter", handle.request_id
+    )
+    with pytest.raises(fal_client.client.FalClientHTTPError) as unknown:
+        await read_result(fal, "bitbuddies/nsfw-filter", "no-such-request")
+    assert unknown.value.status_code == 404
+
+
+NSFW = "bitbuddies/nsfw-filter"
+
+
+async def _running_job(
+    fal: fal_client.AsyncClient, local: httpx.AsyncClient, image_url: str, seconds: float
+) -> fal_client.AsyncRequestHandle:
+    """An nsfw-filter job held IN_PROGRESS for ``seconds`` by an injected delay."""
+    await add_fault(local, NSFW, "delay", seconds=seconds)
+    handle = await fal.submit(NSFW, {"image_url": image_url})
+    await wait_for(handle, fal_client.InProgress)
+    return handle
+
+
+async def test_read_result_of_a_running_or_failed_job_raises_fal_clients_error(
+    fal: fal_client.AsyncClient, clean: httpx.AsyncClient, astronaut_uri: str
+) -> None:
+    app = NSFW
+    running = await _running_job(fal, clean, astronaut_uri, seconds=2)
+    with pytest.raises(fal_client.client.FalClientHTTPError) as early:
+        await read_result(fal, app, running.request_id)
+    assert early.value.status_code == 400
+
+    await add_fault(clean, app, "error")
+    failed = await fal.submit(app, {"image_url": astronaut_uri})
+    await wait_for(failed, fal_client.Completed)
+    with pytest.raises(fal_client.client.FalClientHTTPError) as broken:
+        await read_result(fal, app, failed.request_id)
+    assert broken.value.error_type == "model_error"
+    assert "injected failure" in str(broken.value)
+    await wait_idle(clean)
+
+
+async def test_cancel_job_says_whether_there_was_anything_to_stop(
+    fal: fal_client.AsyncClient, clean: httpx.AsyncClient, astronaut_uri: str
+) -> None:
+    app = NSFW
+    running = await _running_job(fal, clean, astronaut_uri, seconds=5)
+    assert await cancel_job(fal, app, running.request_id) is True
+    assert await cancel_job(fal, app, running.request_id) is False  # already over
+    assert await cancel_job(fal, app, "no-such-request") is False
+    records = {r["request_id"]: r["status"] for r in (await clean.get("/_local/requests")).json()}
+    assert records[running.request_id] == "CANCELLED"
