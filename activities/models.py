@@ -27,7 +27,7 @@ from activities.permits import get_globally_cached_semaphore
 from activities.runtime import Runtime
 from infra import progress
 from infra.database import records
-from infra.falclient import cancel_job, read_result
+from infra.falclient import cancel_job, is_refusal, read_result
 from infra.storage import CHUNK_SIZE
 
 # --- the options the workflow runs each activity with --------------------------------
@@ -128,10 +128,6 @@ class ReleaseInput:
     request_id: str | None = None
 
 
-def _is_rejection(err: fal_client.client.FalClientHTTPError) -> bool:
-    return 400 <= err.status_code < 500 and err.status_code not in (408, 409, 429)
-
-
 class ModelActivities:
     def __init__(self, runtime: Runtime) -> None:
         self.rt = runtime
@@ -201,7 +197,7 @@ class ModelActivities:
         try:
             handle = await self.rt.fal.submit(step.app, arguments)
         except fal_client.client.FalClientHTTPError as err:
-            if _is_rejection(err):
+            if is_refusal(err):
                 await self._semaphore(step.app).release(self.rt.db, step.idempotency_key)
                 raise ApplicationError(
                     f"{step.app} rejected the request: {err}",
@@ -274,7 +270,7 @@ class ModelActivities:
         try:
             result = await read_result(self.rt.fal, job.app, job.request_id)
         except fal_client.client.FalClientHTTPError as err:
-            if _is_rejection(err):
+            if is_refusal(err):
                 raise ApplicationError(
                     f"{job.app} job {job.request_id} has no result: {err}",
                     type=MODEL_JOB_FAILED,
@@ -337,7 +333,7 @@ def _describe(status: fal_client.Status, job: ModelJob) -> tuple[str, str]:
 
 
 async def _download(http: httpx.AsyncClient, url: str) -> AsyncIterator[bytes]:
-    beat = heartbeat_every(DOWNLOAD_HEARTBEAT_SECONDS)
+    beat = _throttled_heartbeat(DOWNLOAD_HEARTBEAT_SECONDS)
     async with http.stream("GET", url) as response:
         response.raise_for_status()
         async for chunk in response.aiter_bytes(CHUNK_SIZE):
@@ -345,7 +341,7 @@ async def _download(http: httpx.AsyncClient, url: str) -> AsyncIterator[bytes]:
             yield chunk
 
 
-def heartbeat_every(seconds: float) -> Callable[[], None]:
+def _throttled_heartbeat(seconds: float) -> Callable[[], None]:
     """A heartbeat for loops: sends one only when ``seconds`` have passed since the last
     (or since it was made), so a quick download costs no heartbeat round trip at all."""
     loop = asyncio.get_running_loop()

@@ -172,7 +172,7 @@ async def run(cfg: services.StackConfig, n: int, concurrencies: list[int]) -> No
             rows = []
             for concurrency in concurrencies:
                 runs.clear()
-                # Rounds of at least two batches each, so every round keeps the concurrency.
+                # Each round runs at least two full waves, so the concurrency is really reached.
                 rounds = max(1, min(ROUNDS, n // (2 * concurrency)))
                 ours, bare = await measure_side_by_side(
                     pipeline_once, bare_once, n, concurrency, rounds

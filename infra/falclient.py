@@ -1,4 +1,5 @@
-"""One way to get a fal client: the real fal.ai with a key, our local server without.
+"""One way to get a fal client (the real fal.ai with a key, our local server without),
+and the few calls we make beside fal_client's own API.
 
 ``fal_client`` takes its hosts from module constants (``QUEUE_URL_FORMAT``,
 ``RUN_URL_FORMAT``, ``REST_URL``, ``CDN_URL``), read at call time, and only honours
@@ -108,7 +109,13 @@ async def cancel_job(client: fal_client.AsyncClient, app: str, request_id: str) 
     try:
         await client.cancel(app, request_id)
     except fal_client.client.FalClientHTTPError as err:
-        if 400 <= err.status_code < 500 and err.status_code not in (408, 429):
+        if is_refusal(err):
             return False
         raise
     return True
+
+
+def is_refusal(err: fal_client.client.FalClientHTTPError) -> bool:
+    """A 4xx the provider would repeat on every retry (not a timeout, conflict or rate
+    limit, which a later try may get past)."""
+    return 400 <= err.status_code < 500 and err.status_code not in (408, 409, 429)
