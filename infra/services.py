@@ -16,6 +16,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping
@@ -478,10 +479,35 @@ def start_all(cfg: StackConfig, announce: Callable[[str], None] = lambda _: None
 
 @contextlib.contextmanager
 def running(cfg: StackConfig) -> Iterator[list[Managed]]:
-    """Every part started (see start_all) for the block, stopped in reverse after it."""
-    started = start_all(cfg)
+    """Every part started (see start_all) for the block, stopped in reverse after it.
+
+    The children run in sessions of their own, so a SIGTERM sent to this process (a CI
+    timeout, ``kill``) would leave them running if Python died at once, as it does by
+    default. For the block, SIGTERM interrupts like Ctrl-C instead, so they are stopped.
+    """
+    with stop_on_sigterm():
+        started = start_all(cfg)
+        try:
+            yield started
+        finally:
+            for service in reversed(started):
+                service.stop()
+
+
+@contextlib.contextmanager
+def stop_on_sigterm() -> Iterator[None]:
+    """SIGTERM stops the block as Ctrl-C would (KeyboardInterrupt), unless another
+    handler is installed already."""
+    main = threading.current_thread() is threading.main_thread()
+    if not main or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        yield
+        return
+
+    def exit_on_sigterm(signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, exit_on_sigterm)
     try:
-        yield started
+        yield
     finally:
-        for service in reversed(started):
-            service.stop()
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
