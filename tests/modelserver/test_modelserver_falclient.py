@@ -11,6 +11,8 @@ from ms_helpers import ModelServer, add_fault, wait_for, wait_idle
 
 from infra.falclient import cancel_job, check_no_backup_for, make_fal_client, read_result
 
+NSFW = "bitbuddies/nsfw-filter"
+
 
 def hosts() -> dict[str, str]:
     names = ("QUEUE_URL_FORMAT", "RUN_URL_FORMAT", "REST_URL", "CDN_URL")
@@ -63,18 +65,15 @@ async def test_the_key_header_is_sent_and_ignored(
 async def test_read_result_answers_like_fal_clients_result_in_one_request(
     fal: fal_client.AsyncClient, clean: httpx.AsyncClient, astronaut_uri: str
 ) -> None:
-    handle = await fal.submit("bitbuddies/nsfw-filter", {"image_url": astronaut_uri})
+    handle = await fal.submit(NSFW, {"image_url": astronaut_uri})
     await wait_for(handle, fal_client.Completed)
 
-    assert await read_result(fal, "bitbuddies/nsfw-filter", handle.request_id) == await fal.result(
-        "bitbuddies/nsfw-filter", handle.request_id
+    assert await read_result(fal, NSFW, handle.request_id) == await fal.result(
+        NSFW, handle.request_id
     )
     with pytest.raises(fal_client.client.FalClientHTTPError) as unknown:
-        await read_result(fal, "bitbuddies/nsfw-filter", "no-such-request")
+        await read_result(fal, NSFW, "no-such-request")
     assert unknown.value.status_code == 404
-
-
-NSFW = "bitbuddies/nsfw-filter"
 
 
 async def _running_job(
@@ -90,17 +89,16 @@ async def _running_job(
 async def test_read_result_of_a_running_or_failed_job_raises_fal_clients_error(
     fal: fal_client.AsyncClient, clean: httpx.AsyncClient, astronaut_uri: str
 ) -> None:
-    app = NSFW
     running = await _running_job(fal, clean, astronaut_uri, seconds=2)
     with pytest.raises(fal_client.client.FalClientHTTPError) as early:
-        await read_result(fal, app, running.request_id)
+        await read_result(fal, NSFW, running.request_id)
     assert early.value.status_code == 400
 
-    await add_fault(clean, app, "error")
-    failed = await fal.submit(app, {"image_url": astronaut_uri})
+    await add_fault(clean, NSFW, "error")
+    failed = await fal.submit(NSFW, {"image_url": astronaut_uri})
     await wait_for(failed, fal_client.Completed)
     with pytest.raises(fal_client.client.FalClientHTTPError) as broken:
-        await read_result(fal, app, failed.request_id)
+        await read_result(fal, NSFW, failed.request_id)
     assert broken.value.error_type == "model_error"
     assert "injected failure" in str(broken.value)
     await wait_idle(clean)
@@ -109,10 +107,9 @@ async def test_read_result_of_a_running_or_failed_job_raises_fal_clients_error(
 async def test_cancel_job_says_whether_there_was_anything_to_stop(
     fal: fal_client.AsyncClient, clean: httpx.AsyncClient, astronaut_uri: str
 ) -> None:
-    app = NSFW
     running = await _running_job(fal, clean, astronaut_uri, seconds=5)
-    assert await cancel_job(fal, app, running.request_id) is True
-    assert await cancel_job(fal, app, running.request_id) is False  # already over
-    assert await cancel_job(fal, app, "no-such-request") is False
+    assert await cancel_job(fal, NSFW, running.request_id) is True
+    assert await cancel_job(fal, NSFW, running.request_id) is False  # already over
+    assert await cancel_job(fal, NSFW, "no-such-request") is False
     records = {r["request_id"]: r["status"] for r in (await clean.get("/_local/requests")).json()}
     assert records[running.request_id] == "CANCELLED"
