@@ -449,27 +449,33 @@ def infrastructure(cfg: StackConfig) -> list[Managed]:
     return [temporal(cfg), redis(cfg), postgres(cfg)]
 
 
-def start_all(cfg: StackConfig, announce: Callable[[str], None] = lambda _: None) -> list[Managed]:
+def start_all(
+    cfg: StackConfig,
+    announce: Callable[[str], None] = lambda _: None,
+    started: list[Managed] | None = None,
+) -> list[Managed]:
     """Start every part in dependency order, migrating the database on the way.
 
     Returns the started services, worker last but one and API last; if any part fails to
-    start, the ones already running are stopped before the error propagates.
+    start, the ones already running are stopped before the error propagates. Each service
+    joins ``started`` (when given) before it starts, so a caller interrupted at any point
+    knows every process to stop.
     """
     from infra.database import migrate
 
-    started: list[Managed] = []
+    started = [] if started is None else started
     try:
         for service in infrastructure(cfg):
             announce(f"starting {service.name} ...")
-            service.start()
             started.append(service)
+            service.start()
         ensure_database(cfg)
         applied = asyncio.run(migrate(cfg.database_url))
         announce(f"database ready (migrations applied: {', '.join(applied) or 'none pending'})")
         for service in (model_server(cfg), worker(cfg), api(cfg)):
             announce(f"starting {service.name} ...")
-            service.start()
             started.append(service)
+            service.start()
     except BaseException:
         for service in reversed(started):
             service.stop()
@@ -485,9 +491,10 @@ def running(cfg: StackConfig) -> Iterator[list[Managed]]:
     timeout, ``kill``) would leave them running if Python died at once, as it does by
     default. For the block, SIGTERM interrupts like Ctrl-C instead, so they are stopped.
     """
+    started: list[Managed] = []
     with stop_on_sigterm():
-        started = start_all(cfg)
         try:
+            start_all(cfg, started=started)
             yield started
         finally:
             for service in reversed(started):

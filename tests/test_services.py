@@ -21,9 +21,9 @@ SUPERVISOR = textwrap.dedent(
 
     sleeper = services.Managed("sleeper", ["sleep", "300"], ready=lambda: True)
     with services.stop_on_sigterm():
-        sleeper.start()
-        print(sleeper.process.pid, flush=True)
         try:
+            sleeper.start()
+            print(sleeper.process.pid, flush=True)
             time.sleep(300)
         finally:
             sleeper.stop()
