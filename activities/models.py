@@ -322,14 +322,13 @@ class ModelActivities:
 
 
 def _describe(status: fal_client.Status, job: ModelJob) -> tuple[str, str]:
+    """(state, message) of a job not yet completed: its place in line, or running."""
     if isinstance(status, fal_client.Queued):
         return (
             f"queued:{status.position}",
             f"{job.message} (waiting in line, #{status.position + 1})",
         )
-    if isinstance(status, fal_client.InProgress):
-        return "running", job.message
-    return "completed", job.message
+    return "running", job.message
 
 
 async def _download(http: httpx.AsyncClient, url: str) -> AsyncIterator[bytes]:

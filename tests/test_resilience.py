@@ -121,6 +121,12 @@ async def test_a_generation_charged_but_never_started_is_started_by_the_sweeper(
     assert await ledger_kinds(db, generation_id) == ["charge"]
 
 
+async def _animate_statuses(models: httpx.AsyncClient) -> list[str]:
+    """The model server's record of every animate job, oldest first."""
+    requests = (await models.get("/_local/requests")).json()
+    return [r["status"] for r in requests if r["app"] == "bitbuddies/animate"]
+
+
 async def _start_slow_generation(
     http: httpx.AsyncClient, models: httpx.AsyncClient, seconds: float = 15
 ) -> tuple[User, str]:
@@ -131,10 +137,7 @@ async def _start_slow_generation(
     generation_id = (await user.generate(photo("astronaut.png"))).json()["id"]
 
     async def animating() -> bool:
-        requests = (await models.get("/_local/requests")).json()
-        return any(
-            r["app"] == "bitbuddies/animate" and r["status"] == "IN_PROGRESS" for r in requests
-        )
+        return "IN_PROGRESS" in await _animate_statuses(models)
 
     await _wait_for(animating)
     return user, generation_id
@@ -155,10 +158,7 @@ async def test_a_cancelled_generation_stops_the_job_refunds_and_frees_its_permit
     assert events[-1].data["status"] == "cancelled" and events[-1].data["refunded"] is True
     assert (await user.generation(generation_id))["status"] == "cancelled"
     assert await user.balance() == 3
-    animate = [
-        r for r in (await models.get("/_local/requests")).json() if r["app"] == "bitbuddies/animate"
-    ]
-    assert [r["status"] for r in animate] == ["CANCELLED"]  # the provider's job was stopped
+    assert await _animate_statuses(models) == ["CANCELLED"]  # the provider's job was stopped
     assert await permits_held(db) == 0
 
 
@@ -186,10 +186,7 @@ async def test_a_terminated_generation_is_settled_by_the_sweeper(
     assert await user.balance() == 3
     assert await ledger_kinds(db, generation_id) == ["charge", "refund"]
     assert await permits_held(db) == 0
-    animate = [
-        r for r in (await models.get("/_local/requests")).json() if r["app"] == "bitbuddies/animate"
-    ]
-    assert [r["status"] for r in animate] == ["CANCELLED"]  # nobody would fetch its result
+    assert await _animate_statuses(models) == ["CANCELLED"]  # nobody would fetch its result
 
 
 async def test_the_sweeper_pages_past_generations_that_are_still_running(

@@ -186,7 +186,7 @@ async def stale_open_generations(
     older_than: timedelta,
     *,
     after: Generation | None = None,
-    limit: int = 100,
+    limit: int,
 ) -> list[Generation]:
     """Queued or running generations that have not moved for ``older_than``, stalest
     first; ``after`` (the last of the previous page) continues where that page ended."""
