@@ -8,12 +8,18 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from urllib.parse import urlsplit
 
 from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 from redis.asyncio import Redis
 
 from api import accounts, characters, files, generations, health, streams
+from api.docs import install_docs
 from api.errors import install_error_handlers
+from api.limits import Limits
+from api.middleware import MULTIPART_OVERHEAD, BodyLimit, HostGuard, SecurityHeaders
+from api.passwords import Passwords
 from api.sweeper import Sweeper
 from infra.database import open_pool
 from infra.falclient import fal_client_from_settings
@@ -51,6 +57,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.redis = Redis.from_url(settings.redis_url)
         app.state.temporal = await connect(settings)
         app.state.storage = storage_from_settings(settings)
+        app.state.limits = Limits.from_settings(settings)
+        app.state.passwords = Passwords(
+            concurrency=settings.password_hash_concurrency,
+            max_wait=settings.password_hash_max_wait_seconds,
+        )
         app.state.hub = streams.ProgressHub(app.state.redis)
         await app.state.hub.start()
         fal = fal_client_from_settings(settings)
@@ -70,9 +81,48 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await app.state.db.close()
 
     app = FastAPI(
-        title="BitBuddies API", version="1.0.0", description=DESCRIPTION, lifespan=lifespan
+        title="BitBuddies API",
+        version="1.0.0",
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
     )
     install_error_handlers(app)
+    install_docs(app)
     for module in (health, accounts, generations, streams, characters, files):
         app.include_router(module.router)
+    _install_middleware(app, settings)
     return app
+
+
+def _install_middleware(app: FastAPI, settings: Settings) -> None:
+    """Outermost last: the host and size checks run before anything else reads the
+    request; security headers go on every answer, errors included."""
+    upload_limit = settings.max_upload_bytes + MULTIPART_OVERHEAD
+
+    def limit_for(method: str, path: str) -> int:
+        if method == "POST" and path.rstrip("/") == "/v1/generations":
+            return upload_limit
+        return settings.max_body_bytes
+
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST", "DELETE"],
+            allow_headers=["Authorization", "Content-Type", "Idempotency-Key", "Last-Event-ID"],
+            max_age=600,
+        )
+    app.add_middleware(BodyLimit, limit_for=limit_for)
+    public_host = (urlsplit(settings.public_url).hostname or "").lower()
+    app.add_middleware(
+        HostGuard,
+        allowed_hosts=(
+            frozenset({public_host, *(h.lower() for h in settings.allowed_hosts)})
+            if settings.environment == "production"
+            else None
+        ),
+        placeholder_secret=settings.uses_placeholder_secret,
+    )
+    app.add_middleware(SecurityHeaders, hsts=urlsplit(settings.public_url).scheme == "https")

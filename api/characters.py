@@ -8,7 +8,7 @@ from uuid import UUID
 from fastapi import APIRouter
 
 from api.deps import ConnDep, CurrentUser, StorageDep
-from api.errors import NotFound
+from api.errors import NotFound, documented
 from api.schemas import CharacterAssets, CharacterList, CharacterPublic
 from infra.database import records
 from infra.storage import Storage
@@ -33,13 +33,13 @@ def _public(storage: Storage, character: records.Character) -> CharacterPublic:
     )
 
 
-@router.get("", response_model=CharacterList)
+@router.get("", response_model=CharacterList, responses=documented(401))
 async def list_characters(user: CurrentUser, conn: ConnDep, storage: StorageDep) -> CharacterList:
     found = await records.characters_for_user(conn, user.id)
     return CharacterList(characters=[_public(storage, c) for c in found])
 
 
-@router.get("/{character_id}", response_model=CharacterPublic)
+@router.get("/{character_id}", response_model=CharacterPublic, responses=documented(401, 404, 422))
 async def get_character(
     character_id: UUID, user: CurrentUser, conn: ConnDep, storage: StorageDep
 ) -> CharacterPublic:

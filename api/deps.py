@@ -30,7 +30,14 @@ def _pool(request: Request) -> AsyncConnectionPool[Any]:
 
 
 async def _connection(request: Request) -> AsyncIterator[AsyncConnection[dict[str, Any]]]:
-    """A connection for the length of one request; callers commit what they write."""
+    """A connection for the length of the handler; callers commit what they write.
+
+    Scoped to the handler function, not the request: FastAPI runs a ``yield``
+    dependency's exit after the response is sent by default, which for an event stream
+    is the end of the stream, so every open stream would hold a pooled connection and
+    twenty viewers would starve the pool. Authentication shares this same connection
+    (FastAPI resolves a dependency once per request).
+    """
     async with request.app.state.db.connection() as conn:
         yield conn
 
@@ -52,7 +59,7 @@ def _storage(request: Request) -> Storage:
 
 SettingsDep = Annotated[Settings, Depends(_settings)]
 PoolDep = Annotated[AsyncConnectionPool[Any], Depends(_pool)]
-ConnDep = Annotated[AsyncConnection[dict[str, Any]], Depends(_connection)]
+ConnDep = Annotated[AsyncConnection[dict[str, Any]], Depends(_connection, scope="function")]
 RedisDep = Annotated[Redis, Depends(_redis)]
 TemporalDep = Annotated[Client, Depends(_temporal)]
 StorageDep = Annotated[Storage, Depends(_storage)]
@@ -61,16 +68,28 @@ _bearer = HTTPBearer(auto_error=False)
 
 
 async def _current_user(
-    request: Request,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+    conn: ConnDep,
 ) -> records.User:
     if credentials is None or credentials.scheme.lower() != "bearer":
         raise Unauthorized("Send your token as 'Authorization: Bearer <token>'.")
-    async with request.app.state.db.connection() as conn:
-        user = await records.user_for_token(conn, credentials.credentials)
+    user = await records.user_for_token(conn, credentials.credentials)
     if user is None:
         raise Unauthorized("This token is unknown or has expired; log in again.")
     return user
 
 
 CurrentUser = Annotated[records.User, Depends(_current_user)]
+
+
+async def _current_user_alone(
+    request: Request,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> records.User:
+    """The same check on a connection of its own, given back at once: for a handler that
+    does slow work (decoding a photo) before it needs the database again."""
+    async with request.app.state.db.connection() as conn:
+        return await _current_user(credentials, conn)
+
+
+CurrentUserAlone = Annotated[records.User, Depends(_current_user_alone)]

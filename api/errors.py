@@ -1,22 +1,34 @@
-"""Business errors carry their HTTP status and a stable machine-readable code."""
+"""Business errors carry their HTTP status and a stable machine-readable code.
+
+Every answer that is not a success has the same body, whoever produced it (our
+handlers, FastAPI's validation, Starlette's routing, the body-size guard, an unexpected
+exception): ``{"error": {"code", "message"[, "details"]}}``.
+"""
 
 from __future__ import annotations
 
+import logging
+from http import HTTPStatus
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+log = logging.getLogger("bitbuddies.api")
 
 
 class ApiError(Exception):
     status_code = 400
     code = "bad_request"
 
-    def __init__(self, message: str, **details: Any) -> None:
+    def __init__(self, message: str, *, retry_after: int | None = None, **details: Any) -> None:
         super().__init__(message)
         self.message = message
         self.details = details
+        self.retry_after = retry_after
 
 
 class Unauthorized(ApiError):
@@ -47,32 +59,129 @@ class Invalid(ApiError):
     status_code, code = 422, "invalid_request"
 
 
+class IdempotencyKeyReused(ApiError):
+    status_code, code = 422, "idempotency_key_reused"
+
+
+class TooManyRequests(ApiError):
+    status_code, code = 429, "rate_limited"
+
+
 class Unavailable(ApiError):
     status_code, code = 503, "unavailable"
 
 
-def _body(code: str, message: str, details: Any = None) -> dict[str, Any]:
+# Codes for statuses that Starlette or the server raise without a business error.
+_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+    431: "headers_too_large",
+}
+
+
+class NotUtf8(ValueError):
+    """A multipart text field whose bytes are not UTF-8 (see ``api/middleware.py``)."""
+
+
+def error_body(code: str, message: str, details: Any = None) -> dict[str, Any]:
     error: dict[str, Any] = {"code": code, "message": message}
     if details:
         error["details"] = details
     return {"error": error}
 
 
+def error_response(
+    status: int, code: str, message: str, *, headers: dict[str, str] | None = None
+) -> JSONResponse:
+    return JSONResponse(error_body(code, message), status_code=status, headers=headers)
+
+
+def _message(err: dict[str, Any]) -> str:
+    # Our validators raise ValueError with a sentence for the user; pydantic prefixes it.
+    return str(err["msg"]).removeprefix("Value error, ")
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
-        headers = {"WWW-Authenticate": "Bearer"} if exc.status_code == 401 else None
+        headers: dict[str, str] = {}
+        if exc.status_code == 401:
+            headers["WWW-Authenticate"] = "Bearer"
+        if exc.retry_after is not None:
+            headers["Retry-After"] = str(exc.retry_after)
         return JSONResponse(
-            _body(exc.code, exc.message, exc.details), status_code=exc.status_code, headers=headers
+            error_body(exc.code, exc.message, exc.details),
+            status_code=exc.status_code,
+            headers=headers or None,
         )
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
         problems = [
-            {"field": ".".join(str(p) for p in err["loc"][1:]), "message": err["msg"]}
+            {"field": ".".join(str(p) for p in err["loc"][1:]), "message": _message(err)}
             for err in exc.errors()
         ]
-        summary = "; ".join(f"{p['field']}: {p['message']}" for p in problems)
-        return JSONResponse(
-            _body("invalid_request", summary or "invalid request", problems), status_code=422
+        summary = "; ".join(
+            f"{p['field']}: {p['message']}" if p["field"] else p["message"] for p in problems
         )
+        return JSONResponse(
+            error_body("invalid_request", summary or "invalid request", problems), status_code=422
+        )
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if isinstance(exc.__cause__, NotUtf8):
+            return error_response(422, "invalid_request", str(exc.__cause__))
+        status = exc.status_code
+        message = exc.detail if isinstance(exc.detail, str) else HTTPStatus(status).phrase
+        if status == 404 and exc.detail == "Not Found":
+            message = "There is nothing at this address."
+        return error_response(
+            status, _CODES.get(status, "error"), message, headers=dict(exc.headers or {})
+        )
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        # Starlette logs the traceback itself; the client gets the documented body.
+        log.error("unhandled error on %s %s", request.method, request.url.path)
+        return error_response(500, "internal_error", "Something went wrong on our side; try again.")
+
+
+class ErrorDetail(BaseModel):
+    code: str = Field(description="Stable, machine-readable: e.g. not_found, rate_limited")
+    message: str = Field(description="A sentence for the person using the app")
+    details: Any = None
+
+
+class ErrorBody(BaseModel):
+    error: ErrorDetail
+
+
+_DESCRIPTIONS = {
+    400: "Bad request",
+    401: "No token, or an unknown or expired one",
+    402: "No tokens left",
+    404: "No such thing, or not yours",
+    409: "Conflict",
+    413: "Body larger than the limit",
+    415: "Unsupported media type",
+    422: "Invalid input",
+    429: "Rate limited; see Retry-After",
+    503: "A dependency is unavailable; retry",
+}
+
+
+def documented(*statuses: int, **descriptions: str) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` for a route's error statuses, each with the error body.
+    ``descriptions`` overrides a default, keyed ``s404="..."``."""
+    return {
+        status: {
+            "model": ErrorBody,
+            "description": descriptions.get(f"s{status}", _DESCRIPTIONS.get(status, "Error")),
+        }
+        for status in statuses
+    }

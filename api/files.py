@@ -11,14 +11,18 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import StreamingResponse
 
 from api.deps import SettingsDep, StorageDep
-from api.errors import NotFound, Unauthorized
+from api.errors import NotFound, Unauthorized, documented
 from infra.storage import ObjectNotFound
 from infra.storage.local import verify_signature
 
 router = APIRouter(prefix="/v1/files", tags=["files"])
 
 
-@router.get("/{key:path}", response_class=StreamingResponse)
+@router.get(
+    "/{key:path}",
+    response_class=StreamingResponse,
+    responses=documented(401, 404, 422, s401="The link is invalid or has expired"),
+)
 async def get_file(
     request: Request,
     key: str,

@@ -5,6 +5,7 @@ generation leaves nothing behind: no token spent, no photo kept."""
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import uuid
 from typing import Annotated, Any
@@ -12,13 +13,30 @@ from uuid import UUID
 
 from fastapi import APIRouter, File, Form, Header, Request, UploadFile, status
 from psycopg import AsyncConnection
+from psycopg_pool import AsyncConnectionPool
 from temporalio.client import Client
 from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
-from api.deps import ConnDep, CurrentUser, SettingsDep, StorageDep, TemporalDep
-from api.errors import Invalid, NotFound, PaymentRequired, Unavailable
+from api import limits, text
+from api.deps import (
+    ConnDep,
+    CurrentUser,
+    CurrentUserAlone,
+    PoolDep,
+    SettingsDep,
+    StorageDep,
+    TemporalDep,
+)
+from api.errors import (
+    IdempotencyKeyReused,
+    Invalid,
+    NotFound,
+    PaymentRequired,
+    Unavailable,
+    documented,
+)
 from api.schemas import GenerationCreated, GenerationPublic
 from api.uploads import read_photo
 from billing import ledger
@@ -32,11 +50,13 @@ Conn = AsyncConnection[dict[str, Any]]
 MAX_IDEMPOTENCY_KEY = 255
 
 
-def _created(request: Request, generation: records.Generation) -> GenerationCreated:
+def _created(settings: Settings, generation: records.Generation) -> GenerationCreated:
+    # Built from the configured public URL, never from the request's Host header.
+    base = settings.public_url.rstrip("/")
     return GenerationCreated(
         id=generation.id,
         status=generation.status,  # type: ignore[arg-type]
-        events_url=str(request.url_for("generation_events", generation_id=generation.id)),
+        events_url=f"{base}/v1/generations/{generation.id}/events",
     )
 
 
@@ -99,21 +119,47 @@ async def _undo_charge(conn: Conn, generation: records.Generation, why: str) -> 
         )
 
 
+async def _request_digest(prompt: str, photo: UploadFile) -> bytes:
+    """What was asked for, in 32 bytes: the prompt and the photo's exact bytes."""
+    digest = hashlib.sha256(prompt.encode())
+    digest.update(b"\0")
+    while chunk := await photo.read(1024 * 1024):
+        digest.update(chunk)
+    await photo.seek(0)
+    return digest.digest()
+
+
+def _same_request(found: records.Generation, digest: bytes) -> None:
+    if found.request_digest is not None and found.request_digest != digest:
+        raise IdempotencyKeyReused(
+            "This Idempotency-Key was already used with a different photo or prompt; "
+            "send a new key for a new request."
+        )
+
+
 @router.post(
     "",
     status_code=status.HTTP_202_ACCEPTED,
     response_model=GenerationCreated,
-    responses={
-        402: {"description": "No tokens left"},
-        413: {"description": "Photo larger than the limit"},
-        415: {"description": "Not a JPEG, PNG or WebP image"},
-        422: {"description": "Invalid prompt, key or unreadable photo"},
-    },
+    responses=documented(
+        401,
+        402,
+        413,
+        415,
+        422,
+        429,
+        503,
+        s413="Photo larger than the limit",
+        s415="Not a JPEG, PNG or WebP image",
+        s422="Invalid prompt or key, unreadable photo, or an Idempotency-Key reused with a"
+        " different request",
+        s503="The generation could not be started; nothing was charged",
+    ),
 )
 async def create_generation(
     request: Request,
-    user: CurrentUser,
-    conn: ConnDep,
+    user: CurrentUserAlone,
+    pool: PoolDep,
     settings: SettingsDep,
     storage: StorageDep,
     temporal: TemporalDep,
@@ -121,30 +167,36 @@ async def create_generation(
     prompt: Annotated[str, Form(description="What your BitBuddy should be like")],
     idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
 ) -> GenerationCreated:
-    prompt = prompt.strip()
-    if not prompt:
-        raise Invalid("The prompt is empty.")
-    if len(prompt) > settings.max_prompt_chars:
-        raise Invalid(f"The prompt is longer than {settings.max_prompt_chars} characters.")
+    # No connection is held while the photo is read and decoded: only short checkouts.
+    try:
+        prompt = text.clean_prompt(prompt, max_chars=settings.max_prompt_chars)
+    except text.TextRefused as err:
+        raise Invalid(str(err)) from err
     if idempotency_key is not None and not (
         0 < len(idempotency_key) <= MAX_IDEMPOTENCY_KEY and idempotency_key.isprintable()
     ):
         raise Invalid("Idempotency-Key must be 1 to 255 printable characters.")
 
-    if idempotency_key and (
-        found := await records.generation_by_key(conn, user.id, idempotency_key)
-    ):
-        return await _repeat(request, temporal, settings, found)
+    digest = await _request_digest(prompt, photo)
+    if idempotency_key:
+        async with pool.connection() as conn:
+            found = await records.generation_by_key(conn, user.id, idempotency_key)
+        if found:
+            _same_request(found, digest)
+            return await _repeat(pool, temporal, settings, found)
+    # Counted only now: a retry of a request already accepted is not a new start.
+    await limits.start_allowed(request, str(user.id))
 
     checked = await read_photo(photo, max_bytes=settings.max_upload_bytes)
-    if await ledger.balance(conn, user.id) < 1:
-        raise PaymentRequired("You have no tokens left.")
+    async with pool.connection() as conn:
+        if await ledger.balance(conn, user.id) < 1:
+            raise PaymentRequired("You have no tokens left.")
 
     generation_id = uuid.uuid4()
     photo_key = f"generations/{generation_id}/input/photo.{checked.extension}"
     await storage.write_bytes(photo_key, checked.data, content_type=checked.content_type)
     try:
-        async with conn.transaction():
+        async with pool.connection() as conn, conn.transaction():
             created = await records.insert_generation(
                 conn,
                 generation_id=generation_id,
@@ -152,6 +204,7 @@ async def create_generation(
                 prompt=prompt,
                 photo_key=photo_key,
                 idempotency_key=idempotency_key,
+                request_digest=digest,
             )
             if created:
                 await ledger.charge(
@@ -169,15 +222,18 @@ async def create_generation(
     if not created:  # a concurrent request with the same key won the race
         await storage.delete(photo_key)
         assert idempotency_key is not None
-        found = await records.generation_by_key(conn, user.id, idempotency_key)
+        async with pool.connection() as conn:
+            found = await records.generation_by_key(conn, user.id, idempotency_key)
         assert found is not None
-        return await _repeat(request, temporal, settings, found)
+        _same_request(found, digest)
+        return await _repeat(pool, temporal, settings, found)
 
-    generation = await records.generation(conn, generation_id)
-    assert generation is not None
-    await start_or_refund(conn, temporal, settings, generation)
+    async with pool.connection() as conn:
+        generation = await records.generation(conn, generation_id)
+        assert generation is not None
+        await start_or_refund(conn, temporal, settings, generation)
     log.info("generation started", extra={"generation_id": generation_id, "user_id": user.id})
-    return _created(request, generation)
+    return _created(settings, generation)
 
 
 async def start_or_refund(
@@ -201,14 +257,17 @@ async def start_or_refund(
 
 
 async def _repeat(
-    request: Request, temporal: Client, settings: Settings, generation: records.Generation
+    pool: AsyncConnectionPool[Any],
+    temporal: Client,
+    settings: Settings,
+    generation: records.Generation,
 ) -> GenerationCreated:
     """A retried request: same generation, no new charge. If the first attempt died
     between charging and starting, start now."""
     if generation.status == "queued":
-        async with request.app.state.db.connection() as conn:
+        async with pool.connection() as conn:
             await start_or_refund(conn, temporal, settings, generation)
-    return _created(request, generation)
+    return _created(settings, generation)
 
 
 async def owned_generation(conn: Conn, generation_id: UUID, user_id: UUID) -> records.Generation:
@@ -219,7 +278,11 @@ async def owned_generation(conn: Conn, generation_id: UUID, user_id: UUID) -> re
     return generation
 
 
-@router.get("/{generation_id}", response_model=GenerationPublic)
+@router.get(
+    "/{generation_id}",
+    response_model=GenerationPublic,
+    responses=documented(401, 404, 422),
+)
 async def get_generation(generation_id: UUID, user: CurrentUser, conn: ConnDep) -> GenerationPublic:
     generation = await owned_generation(conn, generation_id, user.id)
     return GenerationPublic(

@@ -6,19 +6,45 @@ from datetime import datetime
 from typing import Literal
 from uuid import UUID
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator, model_validator
+
+from api import text
 
 GenerationStatus = Literal["queued", "running", "completed", "failed", "cancelled"]
 
 
 class SignupCreate(BaseModel):
-    email: str = Field(min_length=3, max_length=254, pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
-    password: str = Field(min_length=8, max_length=256)
+    email: str = Field(max_length=320, description="Stored normalised: Unicode NFKC, case-folded")
+    password: str = Field(
+        max_length=256,
+        description=f"At least {text.MIN_PASSWORD_CHARS} characters, not a common password",
+    )
+
+    @field_validator("email")
+    @classmethod
+    def _email(cls, value: str) -> str:
+        return text.normalize_email(value)
+
+    @model_validator(mode="after")
+    def _password(self) -> SignupCreate:
+        text.check_new_password(self.password, email=self.email)
+        return self
 
 
 class LoginCreate(BaseModel):
-    email: str = Field(max_length=254)
+    email: str = Field(max_length=320)
     password: str = Field(max_length=256)
+
+    @field_validator("email")
+    @classmethod
+    def _email(cls, value: str) -> str:
+        return text.normalize_email(value)
+
+    @field_validator("password")
+    @classmethod
+    def _password(cls, value: str) -> str:
+        text.check_password_text(value)
+        return value
 
 
 class UserPublic(BaseModel):

@@ -24,6 +24,7 @@ from redis.asyncio import Redis
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from api.deps import ConnDep, CurrentUser, RedisDep
+from api.errors import documented
 from api.generations import owned_generation
 from infra import progress
 from infra.database import records
@@ -117,7 +118,10 @@ def _from_record(generation: records.Generation) -> progress.ProgressEvent | Non
     "/{generation_id}/events",
     name="generation_events",
     response_class=EventSourceResponse,
-    responses={200: {"content": {"text/event-stream": {}}, "description": "progress events"}},
+    responses={
+        200: {"content": {"text/event-stream": {}}, "description": "progress events"},
+        **documented(401, 404, 422, 429),
+    },
 )
 async def generation_events(
     request: Request,

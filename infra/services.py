@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import os
 import pwd
+import secrets
 import shutil
 import signal
 import socket
@@ -75,6 +76,7 @@ class StackConfig:
     model_workers: int = 2
     model_replay: bool = False  # benchmarks: the model server answers instantly
     extra_env: dict[str, str] = field(default_factory=dict)
+    _secret: str = field(default="", repr=False)
 
     @classmethod
     def throwaway(
@@ -115,6 +117,25 @@ class StackConfig:
     def temporal_ui_url(self) -> str:
         return f"http://127.0.0.1:{self.ports.temporal_ui}"
 
+    def signing_secret(self) -> str:
+        """The HMAC secret of local signed file URLs. A throwaway stack makes a random one;
+        a persistent one (``make dev``) makes it once and keeps it in the data folder, so
+        links stay valid across restarts. Nobody can forge a link to a stored file with a
+        published placeholder."""
+        if self._secret:
+            return self._secret
+        if not self.persistent:
+            self._secret = secrets.token_urlsafe(32)
+            return self._secret
+        path = self.data_dir / "signing-secret"
+        if not path.exists():
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as out:
+                out.write(secrets.token_urlsafe(32))
+        self._secret = path.read_text().strip()
+        return self._secret
+
     def app_env(self) -> dict[str, str]:
         """The environment the API, worker and model server run with."""
         env = {
@@ -126,6 +147,8 @@ class StackConfig:
             "BITBUDDIES_PUBLIC_URL": self.api_url,
             "BITBUDDIES_TEMPORAL_UI_URL": self.temporal_ui_url,
         }
+        if "BITBUDDIES_SIGNING_SECRET" not in os.environ:  # a configured one wins
+            env["BITBUDDIES_SIGNING_SECRET"] = self.signing_secret()
         env.update(self.extra_env)
         return env
 
@@ -425,6 +448,9 @@ def api(cfg: StackConfig) -> Managed:
             "--port",
             str(cfg.ports.api),
             "--no-access-log",
+            # httptools with a limit on the size of a request's head (431 past it)
+            "--http",
+            "api.http_protocol:LimitedHttpToolsProtocol",
         ],
         ready=lambda: http_ok(cfg.api_url + "/livez"),
         env=cfg.app_env(),

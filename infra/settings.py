@@ -25,8 +25,15 @@ class Settings(BaseSettings):
     environment: Literal["local", "production"] = "local"
     data_dir: Path = Path(".data")
 
-    # Where the public reaches the API (used in events_url and signed local file URLs).
+    # Where the public reaches the API. Every absolute URL the API hands out (events_url,
+    # signed local file URLs) is built from this, never from a request's Host header.
     public_url: str = "http://127.0.0.1:8000"
+    # Host names the API answers to besides public_url's; in production any other Host
+    # header is refused (400). Locally every host is accepted.
+    allowed_hosts: list[str] = []
+    # Origins allowed to call the API from a browser (CORS). None by default: the web
+    # app is served by the API itself, so it needs none.
+    cors_origins: list[str] = []
     temporal_ui_url: str = "http://127.0.0.1:8233"
 
     # Services. Standard names (no prefix) so hosted deployments need no translation.
@@ -68,11 +75,29 @@ class Settings(BaseSettings):
     nsfw_threshold: float = 0.5
     max_upload_bytes: int = 20 * 1024 * 1024
     max_prompt_chars: int = 500
+    # Every route but the photo upload takes a small JSON body or none.
+    max_body_bytes: int = 64 * 1024
+
+    # Argon2 runs in at most this many threads per API process; a burst queues, and a
+    # request that waited this long is answered 503 with Retry-After.
+    password_hash_concurrency: int = 2
+    password_hash_max_wait_seconds: float = 10.0
 
     # Owner alerts.
     pushover_token: SecretStr | None = Field(None, validation_alias="PUSHOVER_TOKEN")
     pushover_user: SecretStr | None = Field(None, validation_alias="PUSHOVER_USER")
     pushover_api_url: str = "https://api.pushover.net/1/"
+
+    # Rate limits, kept in Redis so they hold across API processes. "off" switches them
+    # all off (load tests). A limit of 0 switches that one off.
+    rate_limits: Literal["on", "off"] = "on"
+    signups_per_ip_per_hour: int = 20
+    logins_per_ip_per_minute: int = 30
+    # Failed logins of one account: this many free, then each try waits 1 s after the
+    # last failure, doubling up to 15 minutes.
+    login_failures_before_backoff: int = 5
+    generation_starts_per_user_per_minute: int = 10
+    open_streams_per_user: int = 20
 
     log_level: str = "INFO"
 
@@ -84,6 +109,10 @@ class Settings(BaseSettings):
             if self.fal_key is None:
                 raise ValueError("FAL_KEY must be set in production")
         return self
+
+    @property
+    def uses_placeholder_secret(self) -> bool:
+        return self.signing_secret.get_secret_value() == LOCAL_SECRET
 
     @cached_property
     def storage_dir(self) -> Path:

@@ -35,6 +35,7 @@ class Generation:
     character_id: UUID | None
     created_at: datetime
     updated_at: datetime
+    request_digest: bytes | None = None
 
 
 @dataclass(frozen=True)
@@ -112,7 +113,7 @@ async def user_for_token(conn: Conn, token: str) -> User | None:
 
 _GEN = (
     "id, user_id, idempotency_key, prompt, photo_key, status, step, error, error_code,"
-    " character_id, created_at, updated_at"
+    " character_id, created_at, updated_at, request_digest"
 )
 
 
@@ -124,12 +125,14 @@ async def insert_generation(
     prompt: str,
     photo_key: str,
     idempotency_key: str | None,
+    request_digest: bytes | None = None,
 ) -> bool:
     """False when this user already has a generation under ``idempotency_key``."""
     cur = await conn.execute(
-        "INSERT INTO generations (id, user_id, prompt, photo_key, idempotency_key)"
-        " VALUES (%s, %s, %s, %s, %s) ON CONFLICT DO NOTHING RETURNING id",
-        (generation_id, user_id, prompt, photo_key, idempotency_key),
+        "INSERT INTO generations"
+        " (id, user_id, prompt, photo_key, idempotency_key, request_digest)"
+        " VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING RETURNING id",
+        (generation_id, user_id, prompt, photo_key, idempotency_key, request_digest),
     )
     return await cur.fetchone() is not None
 

@@ -1,0 +1,376 @@
+"""The API under traffic and hostile input: a clear 4xx with the documented body, never a
+500, and no connection pool starved by streams or password hashing."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from urllib.parse import urlsplit
+
+import httpx
+import pytest
+from psycopg_pool import AsyncConnectionPool
+
+from api.app import create_app
+from api.client import User, signup
+from infra.settings import LOCAL_SECRET, Settings
+from tests.conftest import Stack, insert_generation, photo
+
+API_POOL_SIZE = 20  # api/app.py
+
+
+def _is_error_body(response: httpx.Response, code: str | None = None) -> bool:
+    body = response.json()
+    ok = set(body) == {"error"} and {"code", "message"} <= set(body["error"])
+    return ok and (code is None or body["error"]["code"] == code)
+
+
+async def _raw(stack: Stack, head: bytes, body: bytes = b"") -> bytes:
+    """Send bytes on a fresh connection; return what the server answers first."""
+    url = urlsplit(stack.cfg.api_url)
+    reader, writer = await asyncio.open_connection(url.hostname, url.port)
+    try:
+        writer.write(head + body)
+        await writer.drain()
+        return await asyncio.wait_for(reader.read(65536), 10)
+    finally:
+        writer.close()
+
+
+# --- traffic -----------------------------------------------------------------------
+
+
+async def _open_stream(http: httpx.AsyncClient, user: User, generation_id: uuid.UUID) -> None:
+    async with http.stream(
+        "GET", f"/v1/generations/{generation_id}/events", headers=user.headers
+    ) as response:
+        assert response.status_code == 200
+        async for _ in response.aiter_bytes():
+            pass
+
+
+async def test_open_event_streams_hold_no_database_connection(
+    stack: Stack,
+    db: AsyncConnectionPool,
+    http: httpx.AsyncClient,  # type: ignore[type-arg]
+) -> None:
+    user = await signup(http)
+    # A generation that never moves: its streams stay open as long as we let them.
+    waiting = await insert_generation(db, uuid.UUID(user.id))
+    limits = httpx.Limits(max_connections=API_POOL_SIZE + 20)
+    async with httpx.AsyncClient(base_url=stack.cfg.api_url, timeout=60, limits=limits) as many:
+        streams = [
+            asyncio.create_task(_open_stream(many, user, waiting)) for _ in range(API_POOL_SIZE + 5)
+        ]
+        try:
+            await asyncio.sleep(2.0)  # every stream is open and waiting
+            assert not any(s.done() for s in streams)
+            started = time.monotonic()
+            me = await http.get("/v1/me", headers=user.headers, timeout=10)
+            assert me.status_code == 200, me.text
+            assert time.monotonic() - started < 2.0
+            assert (await http.get("/healthz", timeout=10)).status_code == 200
+        finally:
+            for s in streams:
+                s.cancel()
+            await asyncio.gather(*streams, return_exceptions=True)
+
+
+async def test_a_burst_of_wrong_password_logins_does_not_starve_other_routes(
+    stack: Stack, http: httpx.AsyncClient
+) -> None:
+    user = await signup(http)
+    victim = await signup(http)
+    limits = httpx.Limits(max_connections=64)
+    async with httpx.AsyncClient(base_url=stack.cfg.api_url, timeout=60, limits=limits) as many:
+        logins = [
+            asyncio.create_task(
+                many.post("/v1/auth/login", json={"email": victim.email, "password": f"wrong {i}"})
+            )
+            for i in range(48)
+        ]
+        await asyncio.sleep(0.3)  # the burst is in flight
+        started = time.monotonic()
+        me = await http.get("/v1/me", headers=user.headers, timeout=20)
+        took = time.monotonic() - started
+        answers = await asyncio.gather(*logins)
+    assert me.status_code == 200
+    assert took < 2.0, f"GET /v1/me waited {took:.1f}s behind the login burst"
+    for answer in answers:
+        assert answer.status_code in (401, 503), answer.text
+        assert _is_error_body(answer)
+        if answer.status_code == 503:
+            assert answer.headers["retry-after"]
+
+
+# --- sizes -------------------------------------------------------------------------
+
+
+async def test_an_oversized_body_is_refused_before_it_is_sent(stack: Stack) -> None:
+    head = (
+        b"POST /v1/generations HTTP/1.1\r\nHost: x\r\n"
+        b"Content-Type: multipart/form-data; boundary=b\r\n"
+        b"Content-Length: 314572800\r\n\r\n"
+    )
+    started = time.monotonic()
+    answer = await _raw(stack, head)  # not one byte of the 300 MB body sent
+    assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
+    assert b'"payload_too_large"' in answer
+    assert time.monotonic() - started < 5
+
+
+async def test_a_json_body_over_its_limit_is_413_with_the_error_body(
+    http: httpx.AsyncClient,
+) -> None:
+    big = {"email": "a@b.co", "password": "p" * (200 * 1024)}
+    response = await http.post("/v1/auth/login", json=big)
+    assert response.status_code == 413
+    assert _is_error_body(response, "payload_too_large")
+
+
+async def test_a_chunked_body_is_cut_off_at_the_limit(http: httpx.AsyncClient) -> None:
+    async def chunks():  # type: ignore[no-untyped-def]
+        for _ in range(1024):  # 64 MiB if it were all read
+            yield b"x" * 65536
+
+    response = await http.post(
+        "/v1/auth/signup", content=chunks(), headers={"Content-Type": "application/json"}
+    )
+    assert response.status_code == 413
+    assert _is_error_body(response, "payload_too_large")
+
+
+async def test_huge_request_headers_are_431(stack: Stack) -> None:
+    head = b"GET /v1/me HTTP/1.1\r\nHost: x\r\nX-Filler: " + b"a" * 200_000 + b"\r\n\r\n"
+    answer = await _raw(stack, head)
+    assert answer.startswith(b"HTTP/1.1 431"), answer[:100]
+
+
+# --- text --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("body", "says"),
+    [
+        ({"email": "nul\x00@example.com", "password": "correct horse"}, "control characters"),
+        ({"email": "a@example.com", "password": "correct\x00horse"}, "control characters"),
+        ({"email": "a@example.com", "password": "password123"}, "too easy to guess"),
+        ({"email": "a@example.com", "password": "      \u00a0\u3000  "}, "only spaces"),
+        ({"email": "a@example.com", "password": "aaaaaaaaaaaa"}, "too easy to guess"),
+        ({"email": "not an email", "password": "correct horse"}, "not an email"),
+    ],
+    ids=["nul-email", "nul-password", "common", "blank", "one-letter", "no-at"],
+)
+async def test_signup_refuses_bad_text_with_422(
+    http: httpx.AsyncClient, body: dict[str, str], says: str
+) -> None:
+    response = await http.post("/v1/auth/signup", json=body)
+    assert response.status_code == 422, response.text
+    assert _is_error_body(response, "invalid_request")
+    assert says in response.json()["error"]["message"]
+
+
+async def test_login_with_a_nul_byte_is_422_not_500(http: httpx.AsyncClient) -> None:
+    for body in (
+        {"email": "a\x00@example.com", "password": "whatever it is"},
+        {"email": "a@example.com", "password": "what\x00ever"},
+    ):
+        response = await http.post("/v1/auth/login", json=body)
+        assert response.status_code == 422, response.text
+        assert _is_error_body(response, "invalid_request")
+
+
+async def test_look_alike_emails_are_one_account(http: httpx.AsyncClient) -> None:
+    local = uuid.uuid4().hex[:12]
+    first = await http.post(
+        "/v1/auth/signup", json={"email": f"{local}@example.com", "password": "correct horse"}
+    )
+    assert first.status_code == 201
+    assert first.json()["user"]["email"] == f"{local}@example.com"
+    fullwidth = "".join(chr(ord(c) + 0xFEE0) if c.isalnum() else c for c in local.upper())
+    for spelling in (f"{local.upper()}@EXAMPLE.com", f"{fullwidth}@example.com"):
+        again = await http.post(
+            "/v1/auth/signup", json={"email": spelling, "password": "correct horse"}
+        )
+        assert again.status_code == 409, spelling
+        login = await http.post(
+            "/v1/auth/login", json={"email": spelling, "password": "correct horse"}
+        )
+        assert login.status_code == 200, spelling
+
+
+@pytest.mark.parametrize(
+    ("prompt", "says"),
+    [
+        ("a knight\x00", "control characters"),
+        ("a \x1b[31mred\x1b[0m knight", "control characters"),
+        ("\u200b\u200b\ufeff\u2060", "empty"),
+        ("\u3164\u3164 \u2800", "empty"),
+    ],
+    ids=["nul", "escape", "zero-width", "fillers"],
+)
+async def test_bad_prompts_are_422_and_nothing_is_charged(
+    http: httpx.AsyncClient, prompt: str, says: str
+) -> None:
+    user = await signup(http)
+    response = await user.generate(photo("astronaut.png"), prompt)
+    assert response.status_code == 422, response.text
+    assert _is_error_body(response, "invalid_request")
+    assert says in response.json()["error"]["message"]
+    assert await user.balance() == 3
+
+
+async def test_a_prompt_that_is_not_utf8_is_refused(http: httpx.AsyncClient) -> None:
+    user = await signup(http)
+    boundary = "bitbuddiesboundary"
+    body = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="prompt"\r\n\r\n'.encode()
+        + b"a caf\xe9 knight \xff\xfe"
+        + f'\r\n--{boundary}\r\nContent-Disposition: form-data; name="photo";'
+        f' filename="p.png"\r\nContent-Type: image/png\r\n\r\n'.encode()
+        + photo("astronaut.png")
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
+    response = await http.post(
+        "/v1/generations",
+        content=body,
+        headers={**user.headers, "Content-Type": f"multipart/form-data; boundary={boundary}"},
+    )
+    assert response.status_code == 422, response.text
+    assert "UTF-8" in response.json()["error"]["message"]
+    assert await user.balance() == 3
+
+
+# --- idempotency, URLs, errors, headers --------------------------------------------
+
+
+async def test_an_idempotency_key_reused_for_another_request_is_422(
+    http: httpx.AsyncClient,
+) -> None:
+    user = await signup(http)
+    key = str(uuid.uuid4())
+    first = await user.generate(photo("astronaut.png"), "a knight", idempotency_key=key)
+    assert first.status_code == 202
+    other_prompt = await user.generate(photo("astronaut.png"), "a wizard", idempotency_key=key)
+    assert other_prompt.status_code == 422
+    assert _is_error_body(other_prompt, "idempotency_key_reused")
+    other_photo = await user.generate(photo("coffee.png"), "a knight", idempotency_key=key)
+    assert other_photo.status_code == 422
+    same = await user.generate(photo("astronaut.png"), "a knight", idempotency_key=key)
+    assert same.json()["id"] == first.json()["id"]
+    assert await user.balance() == 2
+    await user.events(first.json()["id"])
+
+
+async def test_urls_come_from_the_public_url_not_the_host_header(
+    stack: Stack, http: httpx.AsyncClient
+) -> None:
+    user = await signup(http)
+    response = await http.post(
+        "/v1/generations",
+        headers={**user.headers, "Host": "evil.example"},
+        files={"photo": ("p.png", photo("astronaut.png"), "image/png")},
+        data={"prompt": "a knight"},
+    )
+    assert response.status_code == 202, response.text
+    assert response.json()["events_url"].startswith(stack.cfg.api_url + "/v1/generations/")
+    await user.events(response.json()["id"])
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "kwargs", "status", "code"),
+    [
+        ("GET", "/no/such/route", {}, 404, "not_found"),
+        ("DELETE", "/v1/me", {}, 405, "method_not_allowed"),
+        ("POST", "/v1/auth/login", {"content": b"{not json"}, 422, "invalid_request"),
+        ("POST", "/v1/auth/login", {"content": b"\xff\xfe{}"}, 422, "invalid_request"),
+        ("GET", "/v1/generations/not-a-uuid", {}, 401, "unauthorized"),
+    ],
+    ids=["unknown-route", "wrong-method", "malformed-json", "not-utf8-json", "bad-id"],
+)
+async def test_every_error_has_the_documented_body(
+    http: httpx.AsyncClient,
+    method: str,
+    path: str,
+    kwargs: dict[str, bytes],
+    status: int,
+    code: str,
+) -> None:
+    headers = {"Content-Type": "application/json"} if "content" in kwargs else {}
+    response = await http.request(method, path, headers=headers, **kwargs)  # type: ignore[arg-type]
+    assert response.status_code == status, response.text
+    assert _is_error_body(response, code), response.text
+
+
+async def test_security_headers_and_no_cors_by_default(http: httpx.AsyncClient) -> None:
+    for response in (
+        await http.get("/livez"),
+        await http.get("/no/such/route"),
+        await http.get("/v1/me", headers={"Origin": "https://evil.example"}),
+    ):
+        assert response.headers["x-content-type-options"] == "nosniff"
+        assert response.headers["x-frame-options"] == "DENY"
+        assert "access-control-allow-origin" not in response.headers
+    preflight = await http.options(
+        "/v1/me",
+        headers={"Origin": "https://evil.example", "Access-Control-Request-Method": "GET"},
+    )
+    assert "access-control-allow-origin" not in preflight.headers
+
+
+async def test_docs_work_offline(http: httpx.AsyncClient) -> None:
+    page = await http.get("/docs")
+    assert page.status_code == 200
+    assert "cdn." not in page.text and "https://" not in page.text
+    assets = [
+        "/docs-assets/swagger-ui-bundle.js",
+        "/docs-assets/swagger-ui.css",
+        "/docs-assets/redoc.standalone.js",
+    ]
+    for asset in assets:
+        assert asset.rsplit("/", 1)[1] in page.text or "redoc" in asset
+        response = await http.get(asset)
+        assert response.status_code == 200 and len(response.content) > 10_000, asset
+    redoc = await http.get("/redoc")
+    assert "https://" not in redoc.text
+
+
+async def test_the_stack_signs_with_its_own_secret(stack: Stack, http: httpx.AsyncClient) -> None:
+    """A link forged with the published placeholder secret opens nothing."""
+    from infra.storage.local import LocalStorage
+
+    forger = LocalStorage(
+        stack.cfg.data_dir / "forger", public_url=stack.cfg.api_url, signing_secret=LOCAL_SECRET
+    )
+    from datetime import timedelta
+
+    url = forger.signed_url("generations/x/input/photo.png", expires_in=timedelta(hours=1))
+    assert (await http.get(url)).status_code == 401
+
+
+async def test_the_placeholder_secret_is_refused_off_loopback() -> None:
+    """Served on a public address with the placeholder secret, the API answers nothing."""
+    for secret, status in ((LOCAL_SECRET, 503), ("a-real-secret-of-this-deployment", 200)):
+        app = create_app(Settings(signing_secret=secret))  # type: ignore[arg-type]
+        transport = httpx.ASGITransport(app=app, client=("203.0.113.9", 4242))
+        async with httpx.AsyncClient(transport=transport, base_url="http://0.0.0.0") as client:
+            # ASGITransport reports the server as the base URL's host and port.
+            response = await client.get("/livez")
+        assert response.status_code == status, response.text
+
+
+async def test_production_refuses_unknown_hosts() -> None:
+    settings = Settings(
+        environment="production",
+        signing_secret="a-real-secret-of-this-deployment",  # type: ignore[arg-type]
+        fal_key="fal-key",  # type: ignore[arg-type]
+        public_url="https://api.bitbuddies.example",
+    )
+    app = create_app(settings)
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client:
+        good = await client.get("/livez", headers={"Host": "api.bitbuddies.example"})
+        bad = await client.get("/livez", headers={"Host": "evil.example"})
+    assert good.status_code == 200
+    assert bad.status_code == 400 and _is_error_body(bad, "bad_host")
