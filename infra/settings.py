@@ -68,6 +68,11 @@ class Settings(BaseSettings):
     nsfw_threshold: float = 0.5
     max_upload_bytes: int = 20 * 1024 * 1024
     max_prompt_chars: int = 500
+    # A model step that failed for a transient reason (see activities/model_errors.py) is
+    # resubmitted this many times at most, waiting this long before the first try again
+    # and twice as long before each next one.
+    model_resubmits: int = 3
+    model_resubmit_backoff_seconds: float = 2.0
 
     # Owner alerts.
     pushover_token: SecretStr | None = Field(None, validation_alias="PUSHOVER_TOKEN")
