@@ -11,7 +11,7 @@ provider keeps its queue: after a restart (even a SIGKILL) every job that was qu
 running runs again from the start under the same request id, in submission order, and
 finished jobs still answer status and result. Finished jobs are forgotten after
 ``JOB_RETENTION_SECONDS``. ``/_local`` records (the submissions since the last
-``/_local/reset``) and stats survive a restart too, except ``submit_500`` rejections
+``/_local/reset``) and stats survive a restart too, except injected ``submit_*`` rejections
 (memory only) and ``max_in_flight``, which restarts from the jobs in flight at load.
 Finished jobs are also written to ``<data>/jobs/<id>.json`` for inspection, and
 output files stay on disk under ``<data>/files``.
@@ -46,7 +46,13 @@ from typing import Any, Literal
 import httpx
 from pydantic import BaseModel, Field
 
-from infra.modelserver.apps.base import AppSpec, JobCancelled, JobError, OutputFile
+from infra.modelserver.apps.base import (
+    AppSpec,
+    InputDownloadError,
+    JobCancelled,
+    JobError,
+    OutputFile,
+)
 from infra.modelserver.files import FileStore
 from infra.modelserver.store import JobStore, StoredJob
 
@@ -66,7 +72,10 @@ class State(StrEnum):
     COMPLETED = "COMPLETED"
 
 
-FaultKind = Literal["error", "submit_500", "corrupt", "delay"]
+# error: the job fails as a model error; download_error: as an input download failure;
+# submit_500 / submit_422: the submission itself is refused (server error / validation);
+# corrupt: output files are noise; delay: the job runs ``seconds`` longer.
+FaultKind = Literal["error", "download_error", "submit_500", "submit_422", "corrupt", "delay"]
 
 
 class FaultSpec(BaseModel):
@@ -138,7 +147,7 @@ class AppStats:
 
 @dataclass(frozen=True)
 class Rejected:
-    """A submission refused by an injected ``submit_500`` fault."""
+    """A submission refused by an injected ``submit_500`` or ``submit_422`` fault."""
 
     request_id: str
     app: str
@@ -503,6 +512,9 @@ class JobManager:
         if fault is not None and fault.kind == "error":
             log("injected failure")
             raise JobError("injected failure", error_type="model_error")
+        if fault is not None and fault.kind == "download_error":
+            log("injected input download failure")
+            raise InputDownloadError("injected: could not download the inputs")
         if self.replay and fault is None:
             with self._lock:
                 replayed = copy.deepcopy(self._replayed.get(job.app))
