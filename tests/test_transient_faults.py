@@ -12,9 +12,12 @@ from typing import Any
 
 import httpx
 from psycopg_pool import AsyncConnectionPool
+from temporalio.client import Client
+from temporalio.worker import Replayer
 
 from api.client import User, signup
 from tests.conftest import FIXTURES, Stack, permits_held, photo
+from workflows.bitbuddy import TRANSIENT_RESUBMIT_PATCH, BitBuddyWorkflow
 
 TERMINAL = ("completed", "failed", "cancelled")
 RESUBMITS = 3  # the default of Settings.model_resubmits, which the tests run with
@@ -109,6 +112,16 @@ async def _assert_ledger_consistent(db: Pool, users: list[User]) -> None:
         )
         assert await cur.fetchall() == []
     assert await permits_held(db) == 0
+
+
+async def _assert_replays(stack: Stack, generation_id: str) -> None:
+    """The recorded history (resubmissions included) replays on the workflow code."""
+    temporal = await Client.connect(stack.cfg.temporal_address)
+    history = await temporal.get_workflow_handle(generation_id).fetch_history()
+    markers = [e for e in history.events if e.HasField("marker_recorded_event_attributes")]
+    assert markers, "a resubmission is recorded behind the transient-resubmit patch"
+    assert TRANSIENT_RESUBMIT_PATCH in str(markers[0].marker_recorded_event_attributes)
+    await Replayer(workflows=[BitBuddyWorkflow]).replay_workflow(history)
 
 
 def _per_generation(records: list[dict[str, Any]], generation_id: str) -> Counter[str]:
@@ -207,6 +220,7 @@ async def test_a_job_that_keeps_failing_transiently_is_resubmitted_up_to_the_bou
     assert counts == Counter({NSFW: 1, ANALYZE: 1 + RESUBMITS})
     assert await user.balance() == 3
     await _assert_ledger_consistent(db, [user])
+    await _assert_replays(stack, generation_id)
 
 
 async def test_a_transient_failure_within_the_bound_is_invisible_but_for_a_message(
@@ -227,6 +241,7 @@ async def test_a_transient_failure_within_the_bound_is_invisible_but_for_a_messa
     assert _per_generation(await _records(models), generation_id)[ANALYZE] == 2
     assert await user.balance() == 2
     await _assert_ledger_consistent(db, [user])
+    await _assert_replays(stack, generation_id)
 
 
 async def test_content_refusals_are_submitted_once_and_refunded_once(
