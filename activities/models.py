@@ -23,6 +23,13 @@ from temporalio.common import RetryPolicy
 from temporalio.exceptions import ApplicationError
 from temporalio.workflow import ActivityCancellationType
 
+from activities.model_errors import (
+    MODEL_JOB_LOST,
+    MODEL_PROVIDER_UNAVAILABLE,
+    MODEL_REQUEST_REJECTED,
+    NON_RETRYABLE_MODEL_ERRORS,
+    job_error_type,
+)
 from activities.permits import get_globally_cached_semaphore
 from activities.runtime import Runtime
 from infra import progress
@@ -32,11 +39,9 @@ from infra.storage import CHUNK_SIZE
 
 # --- the options the workflow runs each activity with --------------------------------
 
-# A rejected request (4xx) fails identically every time: don't retry it.
-MODEL_REQUEST_REJECTED = "ModelRequestRejected"
-# The provider ran the job and it failed: resubmitting is the workflow's decision, not a retry.
-MODEL_JOB_FAILED = "ModelJobFailed"
-NON_RETRYABLE_MODEL_ERRORS = [MODEL_REQUEST_REJECTED, MODEL_JOB_FAILED]
+# The error types are defined, and classified transient or permanent, in
+# activities/model_errors.py. A failed job is never retried here: resubmitting it is the
+# workflow's decision.
 
 SUBMIT_OPTIONS: dict[str, Any] = {
     # Waiting for a free permit can take a while under load; the heartbeat proves liveness.
@@ -99,6 +104,10 @@ class ModelStepInput:
     idempotency_key: str
     message: str
     percent: int
+    # 0 for the step's first submission; n for its n-th resubmission after a transient
+    # failure, announced to the user with ``retry_message`` instead of ``message``.
+    attempt: int = 0
+    retry_message: str = ""
 
 
 @dataclass
@@ -111,6 +120,7 @@ class ModelJob:
     idempotency_key: str
     message: str
     percent: int
+    attempt: int = 0  # as in ModelStepInput
 
 
 @dataclass
@@ -166,18 +176,22 @@ class ModelActivities:
             idempotency_key=step.idempotency_key,
             message=step.message,
             percent=step.percent,
+            attempt=step.attempt,
         )
-        # Announce the step and look for a job this step already submitted (a retry), at
-        # once: both are idempotent, and a retry announcing again is deduplicated.
+        # Announce the step (or its resubmission) and look for a job this step already
+        # submitted (a retry), at once: both are idempotent, and a retry announcing again
+        # is deduplicated.
+        resubmission = step.attempt > 0
+        dedupe = f"{step.step}:retry:{step.attempt}" if resubmission else f"{step.step}:start"
         submitted, _ = await asyncio.gather(
             self._record_step(step),
             progress.publish(
                 self.rt.redis,
                 step.generation_id,
                 event="progress",
-                dedupe=f"{step.step}:start",
+                dedupe=dedupe,
                 step=step.step,
-                message=step.message,
+                message=step.retry_message if resubmission else step.message,
                 percent=step.percent,
             ),
         )
@@ -204,7 +218,9 @@ class ModelActivities:
                     type=MODEL_REQUEST_REJECTED,
                     non_retryable=True,
                 ) from err
-            raise
+            raise _unavailable(step.app, "submit", err) from err
+        except httpx.TransportError as err:
+            raise _unavailable(step.app, "submit", err) from err
         async with self.rt.db.connection() as conn:
             await conn.execute(
                 "INSERT INTO provider_jobs (idempotency_key, generation_id, step, app, request_id)"
@@ -228,18 +244,20 @@ class ModelActivities:
                 status = await self.rt.fal.status(job.app, job.request_id)
             except fal_client.client.FalClientHTTPError as err:
                 if err.status_code == 404:
-                    raise ApplicationError(
-                        f"{job.app} lost job {job.request_id}",
-                        type=MODEL_JOB_FAILED,
-                        non_retryable=True,
-                    ) from err
-                raise
+                    raise _lost(job, err) from err
+                if is_refusal(err):
+                    raise
+                raise _unavailable(job.app, "status", err) from err
+            except httpx.TransportError as err:
+                raise _unavailable(job.app, "status", err) from err
             if isinstance(status, fal_client.Completed):
                 if status.error:
+                    # The same request id would answer the same error: never retried
+                    # here, whatever its type; the workflow decides on resubmitting.
                     raise ApplicationError(
                         f"{job.app} job {job.request_id} failed: {status.error}",
                         status.error_type,
-                        type=MODEL_JOB_FAILED,
+                        type=job_error_type(status.error_type),
                         non_retryable=True,
                     )
                 return  # fetch releases the permit; no need to renew it now
@@ -255,7 +273,9 @@ class ModelActivities:
                     self.rt.redis,
                     job.generation_id,
                     event="progress",
-                    dedupe=f"{job.step}:{state}",
+                    dedupe=f"{job.step}:{state}"
+                    if job.attempt == 0
+                    else f"{job.step}:retry:{job.attempt}:{state}",
                     step=job.step,
                     message=message,
                     percent=job.percent,
@@ -270,13 +290,18 @@ class ModelActivities:
         try:
             result = await read_result(self.rt.fal, job.app, job.request_id)
         except fal_client.client.FalClientHTTPError as err:
+            if err.status_code == 404:
+                raise _lost(job, err) from err
             if is_refusal(err):
                 raise ApplicationError(
                     f"{job.app} job {job.request_id} has no result: {err}",
-                    type=MODEL_JOB_FAILED,
+                    err.error_type,
+                    type=job_error_type(err.error_type),
                     non_retryable=True,
                 ) from err
-            raise
+            raise _unavailable(job.app, "result", err) from err
+        except httpx.TransportError as err:
+            raise _unavailable(job.app, "result", err) from err
         # The job is over at the provider, so its permit goes back while the files copy.
         release = asyncio.ensure_future(
             self._semaphore(job.app).release(self.rt.db, job.idempotency_key)
@@ -288,9 +313,12 @@ class ModelActivities:
                     content_type = value.get("content_type") or "application/octet-stream"
                     ext = mimetypes.guess_extension(content_type) or ".bin"
                     key = f"generations/{job.generation_id}/{job.step}/{name}{ext}"
-                    await self.rt.storage.write_stream(
-                        key, _download(self.rt.http, value["url"]), content_type=content_type
-                    )
+                    try:
+                        await self.rt.storage.write_stream(
+                            key, _download(self.rt.http, value["url"]), content_type=content_type
+                        )
+                    except httpx.HTTPError as err:
+                        raise _unavailable(job.app, "output download", err) from err
                     output.files[name] = key
                     output.data[name] = {k: v for k, v in value.items() if k != "url"}
                 else:
@@ -319,6 +347,22 @@ class ModelActivities:
         if request_id:
             await cancel_job(self.rt.fal, release.app, request_id)
         await self._semaphore(release.app).release(self.rt.db, release.idempotency_key)
+
+
+def _unavailable(app: str, call: str, err: Exception) -> ApplicationError:
+    """The provider failed a call in a way a later try may get past (5xx, timeout,
+    rate limit, no connection). Retryable: the activity's retry policy tries again, and
+    the workflow resubmits the step once those retries run out."""
+    return ApplicationError(
+        f"{app} {call} failed: {type(err).__name__}: {err}", type=MODEL_PROVIDER_UNAVAILABLE
+    )
+
+
+def _lost(job: ModelJob, err: Exception) -> ApplicationError:
+    """The provider does not know the job (404): asking again cannot bring it back."""
+    return ApplicationError(
+        f"{job.app} lost job {job.request_id}: {err}", type=MODEL_JOB_LOST, non_retryable=True
+    )
 
 
 def _describe(status: fal_client.Status, job: ModelJob) -> tuple[str, str]:

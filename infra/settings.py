@@ -83,6 +83,12 @@ class Settings(BaseSettings):
     password_hash_concurrency: int = 2
     password_hash_max_wait_seconds: float = 10.0
 
+    # A model step that failed for a transient reason (see activities/model_errors.py) is
+    # resubmitted this many times at most, waiting this long before the first try again
+    # and twice as long before each next one.
+    model_resubmits: int = 3
+    model_resubmit_backoff_seconds: float = 2.0
+
     # Owner alerts.
     pushover_token: SecretStr | None = Field(None, validation_alias="PUSHOVER_TOKEN")
     pushover_user: SecretStr | None = Field(None, validation_alias="PUSHOVER_USER")

@@ -5,6 +5,7 @@ exactly as `make dev` starts them (on free ports, in a temporary data folder).""
 from __future__ import annotations
 
 import os
+import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -88,11 +89,28 @@ def photo(name: str) -> bytes:
 class Stack:
     cfg: services.StackConfig
     worker: services.Managed
+    api: services.Managed
+    model_server: services.Managed
 
     def restart_worker(self) -> None:
         self.worker.stop()
         self.worker = services.worker(self.cfg)
         self.worker.start()
+
+    def restart_api(self, down_seconds: float) -> None:
+        """Stop the API (SIGTERM, as a deploy does), leave it down, start it again. The
+        same process record restarts, so the session's teardown still stops it."""
+        self.api.stop()
+        time.sleep(down_seconds)
+        self.api.start()
+
+    def crash_model_server(self, down_seconds: float) -> None:
+        """SIGKILL the model server (nothing saved on the way down), leave it down, start
+        it again on the same port and data folder."""
+        self.model_server.kill()
+        self.model_server.stop()  # closes its log file; the process is gone already
+        time.sleep(down_seconds)
+        self.model_server.start()
 
 
 @pytest.fixture(scope="session")
@@ -101,7 +119,13 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     for key, value in {**cfg.app_env(), **TEST_ENV}.items():
         os.environ[key] = value  # in-process helpers read the same settings
     with services.running(cfg) as started:
-        stack = Stack(cfg=cfg, worker=next(s for s in started if s.name == "worker"))
+        by_name = {s.name: s for s in started}
+        stack = Stack(
+            cfg=cfg,
+            worker=by_name["worker"],
+            api=by_name["api"],
+            model_server=by_name["model-server"],
+        )
         try:
             yield stack
         finally:

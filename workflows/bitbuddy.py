@@ -6,11 +6,12 @@ charged token ends as a delivered character or exactly one refund.
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 
 from temporalio import workflow
-from temporalio.exceptions import ApplicationError, is_cancelled_exception
+from temporalio.exceptions import ActivityError, ApplicationError, is_cancelled_exception
 
 with workflow.unsafe.imports_passed_through():
     from activities.generations import (
@@ -27,6 +28,7 @@ with workflow.unsafe.imports_passed_through():
         RefundResult,
         TranscodeInput,
     )
+    from activities.model_errors import is_transient
     from activities.models import (
         FETCH_OPTIONS,
         POLL_OPTIONS,
@@ -40,6 +42,11 @@ with workflow.unsafe.imports_passed_through():
     )
 
 PHOTO_REJECTED = "PhotoRejected"
+# Marks histories recorded by code that resubmits a model step after a transient failure.
+# It is consulted only once such a failure has happened, so the command sequence of every
+# path without one is unchanged, and a history recorded before (no marker) replays the
+# old way: the failure fails the generation.
+TRANSIENT_RESUBMIT_PATCH = "transient-resubmit"
 
 
 @dataclass(frozen=True)
@@ -69,6 +76,15 @@ class RenderSpec:
 
 
 @dataclass
+class RetrySpec:
+    """How a model step that failed for a transient reason is resubmitted (the defaults
+    are Settings.model_resubmits and Settings.model_resubmit_backoff_seconds)."""
+
+    resubmits: int = 3  # new submissions after the first, at most
+    backoff_seconds: float = 2.0  # wait before the first; doubled before each next one
+
+
+@dataclass
 class BitBuddyInput:
     generation_id: str
     user_id: str
@@ -76,6 +92,8 @@ class BitBuddyInput:
     photo_key: str
     render: RenderSpec
     media_task_queue: str
+    # A default, so inputs written before this field existed still decode.
+    retry: RetrySpec = field(default_factory=RetrySpec)
 
 
 @dataclass
@@ -200,10 +218,45 @@ class BitBuddyWorkflow:
     async def _model(
         self, job: BitBuddyInput, step: Step, files: dict[str, str], params: dict[str, Any]
     ) -> ModelOutput:
+        """Run a model step; resubmit it (new key, after a backoff) when it failed for a
+        transient reason, at most ``job.retry.resubmits`` times. A refusal, a model that
+        failed on the input, or a cancellation ends the step at once."""
+        self._step, self._percent = step.name, step.percent
+        attempt = 0
+        while True:
+            try:
+                return await self._model_attempt(job, step, files, params, attempt)
+            except ActivityError as err:
+                if (
+                    attempt >= job.retry.resubmits
+                    or not is_transient(err)
+                    or not workflow.patched(TRANSIENT_RESUBMIT_PATCH)
+                ):
+                    raise
+                attempt += 1
+                # Temporal's workflow logger appends workflow_id and run_id itself.
+                workflow.logger.warning(
+                    "%s failed transiently, resubmitting (%d of %d): %s",
+                    step.name,
+                    attempt,
+                    job.retry.resubmits,
+                    _describe(err),
+                    extra={"user_id": job.user_id},
+                )
+                backoff = job.retry.backoff_seconds * 2 ** (attempt - 1)
+                await workflow.sleep(timedelta(seconds=backoff))
+
+    async def _model_attempt(
+        self,
+        job: BitBuddyInput,
+        step: Step,
+        files: dict[str, str],
+        params: dict[str, Any],
+        attempt: int,
+    ) -> ModelOutput:
         """Submit, poll, fetch. If anything goes wrong before the result is ours, stop the
         provider's job and give back the concurrency permit."""
-        self._step, self._percent = step.name, step.percent
-        key = str(workflow.uuid4())
+        key = str(workflow.uuid4())  # a new one per attempt: each is a new submission
         submitted: ModelJob | None = None
         fetched = False
         try:
@@ -219,6 +272,10 @@ class BitBuddyWorkflow:
                     idempotency_key=key,
                     message=step.message,
                     percent=step.percent,
+                    attempt=attempt,
+                    retry_message=(
+                        f"The model hiccuped; trying again ({attempt} of {job.retry.resubmits})…"
+                    ),
                 ),
                 **SUBMIT_OPTIONS,
             )

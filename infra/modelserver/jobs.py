@@ -6,10 +6,13 @@ onnxruntime and ffmpeg (a subprocess) release the GIL, so ``workers`` jobs reall
 in parallel. The pool's FIFO is mirrored in ``_queue`` so every waiting job can report
 its real queue position (0 = next to start).
 
-State lives in memory. Restarting the server loses queued and running jobs, exactly
-like a provider outage: callers see 404 for the old request ids and must resubmit.
-Finished jobs are forgotten after ``JOB_RETENTION_SECONDS``; ``/_local`` records and
-stats last until ``/_local/reset``.
+Jobs are also kept on disk (``store.JobStore``, ``<data>/jobs.sqlite3``), as a hosted
+provider keeps its queue: after a restart (even a SIGKILL) every job that was queued or
+running runs again from the start under the same request id, in submission order, and
+finished jobs still answer status and result. Finished jobs are forgotten after
+``JOB_RETENTION_SECONDS``. ``/_local`` records (the submissions since the last
+``/_local/reset``) and stats survive a restart too, except injected ``submit_*`` rejections
+(memory only) and ``max_in_flight``, which restarts from the jobs in flight at load.
 Finished jobs are also written to ``<data>/jobs/<id>.json`` for inspection, and
 output files stay on disk under ``<data>/files``.
 
@@ -43,8 +46,15 @@ from typing import Any, Literal
 import httpx
 from pydantic import BaseModel, Field
 
-from infra.modelserver.apps.base import AppSpec, JobCancelled, JobError, OutputFile
+from infra.modelserver.apps.base import (
+    AppSpec,
+    InputDownloadError,
+    JobCancelled,
+    JobError,
+    OutputFile,
+)
 from infra.modelserver.files import FileStore
+from infra.modelserver.store import JobStore, StoredJob
 
 logger = logging.getLogger("infra.modelserver")
 
@@ -62,7 +72,10 @@ class State(StrEnum):
     COMPLETED = "COMPLETED"
 
 
-FaultKind = Literal["error", "submit_500", "corrupt", "delay"]
+# error: the job fails as a model error; download_error: as an input download failure;
+# submit_500 / submit_422: the submission itself is refused (server error / validation);
+# corrupt: output files are noise; delay: the job runs ``seconds`` longer.
+FaultKind = Literal["error", "download_error", "submit_500", "submit_422", "corrupt", "delay"]
 
 
 class FaultSpec(BaseModel):
@@ -100,6 +113,8 @@ class Job:
     http_status: int = 200
     cancelled: bool = False
     generation: int = 0  # stats epoch (bumped by /_local/reset) the job belongs to
+    fetched: bool = False  # its result was fetched successfully at least once
+    resumed: int = 0  # times a server restart found it unfinished and ran it again
 
     @property
     def record_status(self) -> str:
@@ -132,13 +147,20 @@ class AppStats:
 
 @dataclass(frozen=True)
 class Rejected:
-    """A submission refused by an injected ``submit_500`` fault."""
+    """A submission refused by an injected ``submit_500`` or ``submit_422`` fault."""
 
     request_id: str
     app: str
     arguments: dict[str, Any]
     submitted_at: float = field(default_factory=time.time)
     record_status: str = "REJECTED"
+
+
+class _NoInputs(BaseModel):
+    """Stands in for the validated inputs of a job restored finished (never run)."""
+
+
+_NO_INPUTS = _NoInputs()
 
 
 def _iso(ts: float) -> str:
@@ -161,6 +183,9 @@ class JobManager:
         self.files = files
         self.work_root = data_dir / "work"
         self.records_dir = data_dir / "jobs"
+        # A job's work dir exists only while it runs: what is there now was left by jobs
+        # a killed server was running, and they start again from nothing.
+        shutil.rmtree(self.work_root, ignore_errors=True)
         self.work_root.mkdir(parents=True, exist_ok=True)
         self.records_dir.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
@@ -169,9 +194,114 @@ class JobManager:
         self._records: list[Job | Rejected] = []
         self._stats: dict[str, AppStats] = {app: AppStats() for app in registry}
         self._faults: dict[str, deque[Fault]] = {app: deque() for app in registry}
-        self._generation = 0
+        self._store = JobStore(data_dir / "jobs.sqlite3")
+        self._generation = self._store.epoch()
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="model-job")
         self._webhooks = ThreadPoolExecutor(max_workers=2, thread_name_prefix="webhook")
+        self._resume()
+
+    # --- persistence --------------------------------------------------------------
+
+    def _save(self, job: Job) -> None:
+        """Write the job's row; the caller holds the lock (it serialises the store)."""
+        fault = job.fault
+        self._store.save(
+            StoredJob(
+                request_id=job.request_id,
+                app=job.app,
+                epoch=job.generation,
+                state=job.state.value,
+                submitted_at=job.submitted_at,
+                finished_at=job.finished_at,
+                body={
+                    "arguments": job.arguments,
+                    "webhook_url": job.webhook_url,
+                    "fault": None if fault is None else [fault.kind, fault.seconds],
+                    "started_at": job.started_at,
+                    "result": job.result,
+                    "error": job.error,
+                    "error_type": job.error_type,
+                    "http_status": job.http_status,
+                    "cancelled": job.cancelled,
+                    "fetched": job.fetched,
+                    "resumed": job.resumed,
+                    "logs": job.logs if job.state == State.COMPLETED else [],
+                },
+            )
+        )
+
+    def _resume(self) -> None:
+        """Load the stored jobs: finished ones answer again, unfinished ones run again."""
+        stored = self._store.load(finished_after=time.time() - JOB_RETENTION_SECONDS)
+        rerun: list[Job] = []
+        with self._lock:
+            for row in stored:
+                job = self._restore(row)
+                self._jobs[job.request_id] = job
+                if job.generation == self._generation and job.app in self._stats:
+                    self._records.append(job)
+                    self._count_restored(job)
+                if job.state != State.COMPLETED:
+                    job.resumed += 1
+                    self._queue.append(job.request_id)
+                    rerun.append(job)
+                    self._save(job)
+        for job in rerun:
+            logger.info(
+                "resumed app=%s request_id=%s (unfinished at restart)", job.app, job.request_id
+            )
+            self._pool.submit(self._run, job)
+
+    def _restore(self, row: StoredJob) -> Job:
+        body = row.body
+        fault = body.get("fault")
+        job = Job(
+            request_id=row.request_id,
+            app=row.app,
+            arguments=body["arguments"],
+            inputs=_NO_INPUTS,  # a finished job never runs; an unfinished one gets its own
+            webhook_url=body.get("webhook_url"),
+            fault=None if fault is None else Fault(fault[0], 1, float(fault[1])),
+            submitted_at=row.submitted_at,
+            state=State(row.state),
+            logs=list(body.get("logs") or []),
+            started_at=body.get("started_at"),
+            finished_at=row.finished_at,
+            result=body.get("result"),
+            error=body.get("error"),
+            error_type=body.get("error_type"),
+            http_status=int(body.get("http_status", 200)),
+            cancelled=bool(body.get("cancelled")),
+            generation=row.epoch,
+            fetched=bool(body.get("fetched")),
+            resumed=int(body.get("resumed", 0)),
+        )
+        if job.state == State.COMPLETED:
+            return job
+        # Unfinished: it starts again from the queue, with fresh logs.
+        job.state, job.started_at, job.logs = State.IN_QUEUE, None, []
+        spec = self.registry.get(job.app)
+        try:
+            if spec is None:
+                raise ValueError(f"app {job.app!r} is not served any more")
+            job.inputs = spec.input_model.model_validate(job.arguments)
+        except ValueError as exc:  # pydantic's ValidationError is a ValueError
+            job.state, job.finished_at = State.COMPLETED, time.time()
+            job.error, job.error_type, job.http_status = str(exc), "internal_error", 500
+        return job
+
+    def _count_restored(self, job: Job) -> None:
+        stats = self._stats[job.app]
+        stats.submitted += 1
+        if job.cancelled:
+            stats.cancelled += 1
+        elif job.state == State.COMPLETED and job.error is not None:
+            stats.failed += 1
+        elif job.state == State.COMPLETED:
+            stats.completed += 1
+        if not job.cancelled and not job.fetched and job.error is None:
+            stats.in_flight.add(job.request_id)
+        stats.max_in_flight = max(stats.max_in_flight, len(stats.in_flight))
 
     # --- submission ---------------------------------------------------------------
 
@@ -206,6 +336,8 @@ class JobManager:
             self._jobs[job.request_id] = job
             self._queue.append(job.request_id)
             self._records.append(job)
+            # On disk before its request id is returned: a restart from here on resumes it.
+            self._save(job)
             stats = self._stats[app]
             stats.submitted += 1
             stats.in_flight.add(job.request_id)
@@ -224,6 +356,8 @@ class JobManager:
         ]
         for rid in old:
             del self._jobs[rid]
+        if old:
+            self._store.forget(old)
 
     # --- queries ------------------------------------------------------------------
 
@@ -252,6 +386,9 @@ class JobManager:
         """A successful result fetch ends the job's time "in flight"."""
         with self._lock:
             self._stats_for(job).in_flight.discard(job.request_id)
+            if not job.fetched:
+                job.fetched = True
+                self._save(job)
 
     def cancel(self, job: Job) -> bool:
         """Cancel unless already finished; returns whether it was cancelled."""
@@ -269,6 +406,7 @@ class JobManager:
             stats = self._stats_for(job)
             stats.cancelled += 1
             stats.in_flight.discard(job.request_id)
+            self._save(job)
         logger.info("cancelled app=%s request_id=%s", job.app, job.request_id)
         self._save_record(job)
         return True
@@ -284,6 +422,7 @@ class JobManager:
                     "arguments": r.arguments,
                     "submitted_at": _iso(r.submitted_at),
                     "status": r.record_status,
+                    "resumed": r.resumed if isinstance(r, Job) else 0,
                 }
                 for r in self._records
             ]
@@ -300,11 +439,15 @@ class JobManager:
         """Forget records, stats and pending faults (jobs themselves keep running)."""
         with self._lock:
             self._generation += 1
+            self._store.set_epoch(self._generation)
             self._records.clear()
             self._stats = {app: AppStats() for app in self.registry}
             self._faults = {app: deque() for app in self.registry}
 
     def shutdown(self) -> None:
+        """Stop running jobs. They are marked cancelled in memory only (their rows stay
+        unfinished, ``_finish`` discards what they produce), so the next start runs them
+        again, as it does after a crash."""
         with self._lock:
             for job in self._jobs.values():
                 if job.state != State.COMPLETED:
@@ -369,6 +512,9 @@ class JobManager:
         if fault is not None and fault.kind == "error":
             log("injected failure")
             raise JobError("injected failure", error_type="model_error")
+        if fault is not None and fault.kind == "download_error":
+            log("injected input download failure")
+            raise InputDownloadError("injected: could not download the inputs")
         if self.replay and fault is None:
             with self._lock:
                 replayed = copy.deepcopy(self._replayed.get(job.app))
@@ -417,6 +563,7 @@ class JobManager:
                 )
                 stats.failed += 1
                 stats.in_flight.discard(job.request_id)
+            self._save(job)
         elapsed = (job.finished_at or 0) - (job.started_at or 0)
         if error is None:
             logger.info("completed app=%s request_id=%s in %.2fs", job.app, job.request_id, elapsed)

@@ -154,6 +154,12 @@ def create_app(
             manager.reject(app_id, arguments)
             logger.info("rejected app=%s (injected submit_500)", app_id)
             return _error(500, "Internal server error (injected)", "internal_error")
+        if fault is not None and fault.kind == "submit_422":
+            manager.reject(app_id, arguments)
+            logger.info("rejected app=%s (injected submit_422)", app_id)
+            return _error(
+                422, [{"type": "value_error", "loc": ["body"], "msg": "Rejected (injected)"}]
+            )
         job = manager.submit(app_id, arguments, inputs, fal_webhook, fault)
         body = {
             "request_id": job.request_id,

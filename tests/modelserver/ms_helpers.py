@@ -5,6 +5,10 @@ from __future__ import annotations
 import asyncio
 import base64
 import importlib.resources
+import os
+import socket
+import subprocess
+import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -31,6 +35,68 @@ class ModelServer:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def spawn(root: Path, port: int) -> tuple[subprocess.Popen[bytes], ModelServer]:
+    """Start ``python -m infra.modelserver`` on ``port`` with its data under ``root`` and
+    wait until it answers; the log is appended to, so a restarted server keeps one."""
+    url = f"http://127.0.0.1:{port}"
+    log_path = root / "server.log"
+    with log_path.open("ab") as log:
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "infra.modelserver",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--data-dir",
+                str(root / "data"),
+                "--workers",
+                str(WORKERS),
+                "--public-url",
+                url,
+            ],
+            cwd=REPO,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"model server exited:\n{log_path.read_text()}")
+            try:
+                if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"model server did not start:\n{log_path.read_text()}")
+            time.sleep(0.1)
+    except BaseException:
+        stop(proc)
+        raise
+    return proc, ModelServer(url, root / "data", log_path)
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 def skimage_png(name: str) -> bytes:
