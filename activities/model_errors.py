@@ -28,6 +28,9 @@ from temporalio.exceptions import ActivityError, ApplicationError
 MODEL_REQUEST_REJECTED = "ModelRequestRejected"
 # The provider ran the job and the model failed on it (or refused its input).
 MODEL_JOB_FAILED = "ModelJobFailed"
+# A poll found its generation already settled by someone else (the sweeper): nothing is
+# left to do for the job.
+MODEL_STEP_SETTLED = "ModelStepSettled"
 
 # --- transient (the workflow resubmits) -----------------------------------------------
 
@@ -46,6 +49,7 @@ MODEL_PROVIDER_UNAVAILABLE = "ModelProviderUnavailable"
 NON_RETRYABLE_MODEL_ERRORS = [
     MODEL_REQUEST_REJECTED,
     MODEL_JOB_FAILED,
+    MODEL_STEP_SETTLED,
     MODEL_JOB_LOST,
     MODEL_INPUT_UNAVAILABLE,
 ]

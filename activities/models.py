@@ -27,6 +27,7 @@ from activities.model_errors import (
     MODEL_JOB_LOST,
     MODEL_PROVIDER_UNAVAILABLE,
     MODEL_REQUEST_REJECTED,
+    MODEL_STEP_SETTLED,
     NON_RETRYABLE_MODEL_ERRORS,
     job_error_type,
 )
@@ -199,12 +200,19 @@ class ModelActivities:
             job.request_id = submitted
             return job
 
-        await self._semaphore(step.app).acquire(
-            self.rt.db,
-            step.idempotency_key,
-            self._ttl,
-            while_waiting=lambda: activity.heartbeat("waiting for a model slot"),
-        )
+        semaphore = self._semaphore(step.app)
+        # Once the request below is sent the job may be in flight at the provider, even if
+        # this worker dies at once, so the lease is marked first: a marked lease never
+        # expires by time. One that expired before the mark is gone: wait for another.
+        while True:
+            await semaphore.acquire(
+                self.rt.db,
+                step.idempotency_key,
+                self._ttl,
+                while_waiting=lambda: activity.heartbeat("waiting for a model slot"),
+            )
+            if await semaphore.mark_submitted(self.rt.db, step.idempotency_key, step.generation_id):
+                break
         arguments = dict(step.params)
         for name, key in step.files.items():
             arguments[name] = self.rt.storage.signed_url(key, expires_in=INPUT_URL_TTL)
@@ -264,7 +272,8 @@ class ModelActivities:
             state, message = _describe(status, job)
             # Only a job still running is worth a heartbeat: completing reports liveness.
             activity.heartbeat(state)
-            await semaphore.renew(self.rt.db, job.idempotency_key, self._ttl)
+            if not await semaphore.renew(self.rt.db, job.idempotency_key, self._ttl):
+                await self._lease_lost(job)
             # Submit announced the step: what is news now is a place in line, and the
             # start after a wait.
             waiting = state.startswith("queued") or last_state.startswith("queued")
@@ -283,6 +292,38 @@ class ModelActivities:
             last_state = state
             await asyncio.sleep(interval)
             interval = min(interval * POLL_BACKOFF, POLL_MAX_INTERVAL_SECONDS)
+
+    async def _lease_lost(self, job: ModelJob) -> None:
+        """The job's submitted lease is gone while the job was just seen queued or running.
+
+        A submitted lease never expires, so someone released it: the workflow's cleanup
+        (which cancels the job first, then releases), the sweeper settling an ended
+        workflow (which closes the generation in the same transaction), or an operator.
+        Carrying on without a lease would let another job take the permit while this one
+        is in flight. So the job is looked at again: if it is over (cancelled by that
+        cleanup, or done), the next status check ends the poll as usual. If it is still
+        in flight, the lease is put back, because the permit table must count every job
+        at the provider - even above the cap, which then makes new submits wait. That is
+        refused once the generation is settled: a lease put back then would never be
+        freed, and the workflow this poll works for has ended, so the poll stops.
+        """
+        status = await self.rt.fal.status(job.app, job.request_id)
+        if isinstance(status, fal_client.Completed):
+            return
+        if not await self._semaphore(job.app).reclaim(
+            self.rt.db, job.idempotency_key, job.generation_id, self._ttl
+        ):
+            raise ApplicationError(
+                f"{job.app} job {job.request_id}: the generation was settled elsewhere",
+                type=MODEL_STEP_SETTLED,
+                non_retryable=True,
+            )
+        activity.logger.warning(
+            "%s job %s was in flight without its permit; permit taken back",
+            job.app,
+            job.request_id,
+            extra={"user_id": job.user_id},
+        )
 
     @activity.defn
     async def fetch_model_result(self, job: ModelJob) -> ModelOutput:

@@ -3,14 +3,23 @@ every worker, from submit until the result is fetched.
 
 The design card asks for an ``lru_cache``d semaphore, and `get_globally_cached_semaphore`
 is exactly that: one object per (name, max_concurrency) per process. But an in-memory
-semaphore cannot do the job in Temporal's Python SDK (see FACTS.md: the workflow sandbox
-re-imports modules per run, each workflow is its own event loop, and a worker killed
-mid-job would take its permits with it). So the object the cache returns is a handle on
-*leases* stored in PostgreSQL: acquired by the submit activity (keyed by the step's
-`workflow.uuid4()` idempotency key, so a retry re-finds its own lease), renewed by every
-poll heartbeat, released by fetch or by the workflow's cleanup. A lease that nobody
-renews - its workflow was terminated - expires after its TTL, so no permit is lost
-forever. Nothing here runs in workflow code, so nothing can break replay.
+semaphore cannot do the job in Temporal's Python SDK: the workflow sandbox re-imports
+modules for each run, every worker process has its own memory, and a worker killed
+mid-job would take its permits with it. So the object the cache returns is a handle on
+*leases* stored in PostgreSQL, keyed by the step's `workflow.uuid4()` idempotency key
+(so a retry re-finds its own lease):
+
+- taken by the submit activity (`acquire`), with a TTL;
+- marked submitted just before the job is sent (`mark_submitted`). From then on the job
+  may be in flight at the provider whatever happens to our workers (a worker can die
+  after the request left), so the lease no longer expires by time: it ends only when it
+  is released - by fetch once the result is ours, by the workflow's cleanup after it
+  cancelled the job, by a refused submit, or by the sweeper settling an ended workflow
+  (which also cancels its jobs). A poll's `renew` only checks that the lease is there.
+- A lease taken but never marked (the worker died between acquire and submit) expires
+  after its TTL; a retry of the same submit re-finds it if it is still there.
+
+Nothing here runs in workflow code, so nothing can break replay.
 """
 
 from __future__ import annotations
@@ -39,7 +48,8 @@ class ProviderSemaphore:
         """Take a lease for ``holder`` (or renew the one it has); False when all are taken.
 
         One round trip: the check-and-insert runs inside PostgreSQL, serialised per limiter
-        (migration 0002_acquire_permit.sql).
+        (the ``acquire_provider_permit`` function, last defined in migration
+        0005_permit_leases.sql).
         """
         async with pool.connection() as conn:
             cur = await conn.execute(
@@ -62,7 +72,47 @@ class ProviderSemaphore:
             while_waiting()
             await asyncio.sleep(ACQUIRE_POLL_SECONDS * (0.5 + random.random()))  # noqa: S311
 
+    async def mark_submitted(
+        self, pool: AsyncConnectionPool[Any], holder: str, generation_id: str
+    ) -> bool:
+        """Mark ``holder``'s lease as used for a submit, so it no longer expires by time;
+        False when the lease is gone (it expired before this, on a very slow worker).
+
+        Atomic against `acquire`'s removal of expired leases: either the removal ran
+        first (nothing is marked, False) or the mark did (the removal skips the row)."""
+        async with pool.connection() as conn:
+            cur = await conn.execute(
+                "UPDATE provider_permits SET submitted_at = coalesce(submitted_at, now()),"
+                " generation_id = %s WHERE limiter = %s AND holder = %s RETURNING holder",
+                (generation_id, self.name, holder),
+            )
+            return await cur.fetchone() is not None
+
+    async def reclaim(
+        self, pool: AsyncConnectionPool[Any], holder: str, generation_id: str, ttl: timedelta
+    ) -> bool:
+        """Put back the submitted lease of a job known to be still in flight, even above
+        the cap (the table must count every job in flight: new submits then wait until
+        the count is under the cap again); False when the generation is settled.
+
+        Only while the generation is open: the sweeper frees a settled generation's
+        permits in the same transaction that closes it, and FOR SHARE waits for that
+        transaction, so a lease it freed is never put back behind it."""
+        async with pool.connection() as conn:
+            cur = await conn.execute(
+                "INSERT INTO provider_permits"
+                " (limiter, holder, expires_at, submitted_at, generation_id)"
+                " SELECT %s, %s, now() + %s, now(), g.id FROM generations g"
+                " WHERE g.id = %s AND g.status IN ('queued', 'running') FOR SHARE"
+                " ON CONFLICT (limiter, holder) DO UPDATE"
+                " SET submitted_at = coalesce(provider_permits.submitted_at, now())"
+                " RETURNING holder",
+                (self.name, holder, ttl, generation_id),
+            )
+            return await cur.fetchone() is not None
+
     async def renew(self, pool: AsyncConnectionPool[Any], holder: str, ttl: timedelta) -> bool:
+        """Extend ``holder``'s lease; False when it is gone (released by someone else)."""
         async with pool.connection() as conn:
             cur = await conn.execute(
                 "UPDATE provider_permits SET expires_at = now() + %s"
@@ -82,8 +132,9 @@ class ProviderSemaphore:
     async def held(self, pool: AsyncConnectionPool[Any]) -> int:
         async with pool.connection() as conn:
             cur = await conn.execute(
-                "SELECT count(*) AS held FROM provider_permits"
-                " WHERE limiter = %s AND expires_at >= now()",
+                "SELECT count(*) AS held FROM provider_permits p"
+                " WHERE p.limiter = %s AND (p.expires_at >= now() OR p.submitted_at IS NOT NULL"
+                " OR EXISTS (SELECT 1 FROM provider_jobs j WHERE j.idempotency_key = p.holder))",
                 (self.name,),
             )
             row = await cur.fetchone()

@@ -42,7 +42,7 @@ from api.uploads import read_photo
 from billing import ledger
 from infra.database import records
 from infra.settings import Settings
-from workflows.bitbuddy import BitBuddyInput, BitBuddyWorkflow, RenderSpec
+from workflows.bitbuddy import BitBuddyInput, BitBuddyWorkflow, RenderSpec, RetrySpec
 
 router = APIRouter(prefix="/v1/generations", tags=["generations"])
 log = logging.getLogger("bitbuddies.api")
@@ -73,6 +73,10 @@ def workflow_input(settings: Settings, generation: records.Generation) -> BitBud
             nsfw_threshold=settings.nsfw_threshold,
         ),
         media_task_queue=settings.media_task_queue,
+        retry=RetrySpec(
+            resubmits=settings.model_resubmits,
+            backoff_seconds=settings.model_resubmit_backoff_seconds,
+        ),
     )
 
 

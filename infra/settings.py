@@ -50,6 +50,7 @@ class Settings(BaseSettings):
     fal_key: SecretStr | None = Field(None, validation_alias="FAL_KEY")
     model_server_url: str = "http://127.0.0.1:8010"
     model_concurrency: int = 2  # jobs in flight per model, across all workers
+    # Lease of a permit not yet used for a submit; a submitted job's permit never expires.
     model_permit_ttl_seconds: float = 60.0
 
     # Storage: the local folder unless a GCS bucket is named.

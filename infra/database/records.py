@@ -215,11 +215,15 @@ async def provider_jobs_of(conn: Conn, generation_id: UUID) -> list[tuple[str, s
 
 
 async def release_generation_permits(conn: Conn, generation_id: UUID) -> int:
-    """Drop the provider permits held by a generation's recorded jobs; return how many."""
+    """Drop the provider permits of a generation's jobs; return how many.
+
+    A lease marked submitted names its generation (its job may have been sent but not
+    recorded, if the worker died in between); a lease from before that mark existed is
+    found through the recorded job."""
     cur = await conn.execute(
-        "DELETE FROM provider_permits WHERE holder IN"
+        "DELETE FROM provider_permits WHERE generation_id = %s OR holder IN"
         " (SELECT idempotency_key FROM provider_jobs WHERE generation_id = %s)",
-        (generation_id,),
+        (generation_id, generation_id),
     )
     return cur.rowcount
 

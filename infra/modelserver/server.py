@@ -7,12 +7,20 @@ URL we hand out is absolute, built from the public base URL, because fal_client 
 the returned ``status_url``/``response_url``/``cancel_url`` as given.
 
 Any ``Authorization`` header is accepted and none is required.
+
+``POST /_local/stall`` makes the queue protocol stall for a while, as a provider that
+accepts connections but answers nothing: every submit, status, result and cancel request
+is held until the stall ends (``{"seconds": 0}`` ends it now, so does ``/_local/reset``).
+The ``/_local`` hooks and file downloads keep answering.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import logging
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -20,7 +28,7 @@ from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse
-from pydantic import ValidationError
+from pydantic import BaseModel, Field, ValidationError
 
 from infra.modelserver.apps import REGISTRY
 from infra.modelserver.apps.base import AppSpec
@@ -28,6 +36,48 @@ from infra.modelserver.files import FileStore
 from infra.modelserver.jobs import FaultSpec, Job, JobManager, State
 
 logger = logging.getLogger("infra.modelserver")
+
+
+class StallSpec(BaseModel):
+    """Body of ``POST /_local/stall``."""
+
+    seconds: float = Field(ge=0, le=600)
+
+
+class Stall:
+    """Holds queue-protocol requests until a deadline. One per server, event-loop only."""
+
+    def __init__(self) -> None:
+        self.until = 0.0  # time.monotonic() deadline
+        self.waiting = 0  # requests being held right now
+        self._moved = asyncio.Event()  # set (and replaced) whenever the deadline moves
+
+    def start(self, seconds: float) -> None:
+        self.until = time.monotonic() + seconds
+        self._moved.set()
+        self._moved = asyncio.Event()
+
+    async def wait_out(self) -> None:
+        if time.monotonic() >= self.until:
+            return
+        self.waiting += 1
+        try:
+            while (remaining := self.until - time.monotonic()) > 0:
+                moved = self._moved
+                # Woken early when the stall is ended (or extended), then look again.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(moved.wait(), remaining)
+        finally:
+            self.waiting -= 1
+
+    def as_dict(self) -> dict[str, float | int]:
+        return {"remaining": max(0.0, self.until - time.monotonic()), "waiting": self.waiting}
+
+
+async def _stalled(request: Request) -> None:
+    """A dependency of every queue-protocol route: wait while a stall is on."""
+    stall: Stall = request.app.state.stall
+    await stall.wait_out()
 
 
 def _manager(request: Request) -> JobManager:
@@ -42,6 +92,9 @@ def _files(request: Request) -> FileStore:
 
 ManagerDep = Annotated[JobManager, Depends(_manager)]
 FilesDep = Annotated[FileStore, Depends(_files)]
+# Every queue-protocol route depends on this; the route's body (which reads the job)
+# runs only once the stall is over.
+STALLED = [Depends(_stalled)]
 
 
 def _error(
@@ -77,6 +130,8 @@ def create_app(
     app = FastAPI(title="BitBuddies local model server", lifespan=lifespan)
     app.state.manager = manager
     app.state.files = files
+    stall = Stall()
+    app.state.stall = stall
 
     def urls(job: Job) -> dict[str, str]:
         base = f"{public}/{job.app}/requests/{job.request_id}"
@@ -103,7 +158,17 @@ def create_app(
     @app.post("/_local/reset")
     async def local_reset(manager: ManagerDep) -> dict[str, bool]:
         manager.reset()
+        stall.start(0)
         return {"ok": True}
+
+    @app.post("/_local/stall")
+    async def local_stall(spec: StallSpec) -> dict[str, float | int]:
+        stall.start(spec.seconds)
+        return stall.as_dict()
+
+    @app.get("/_local/stall")
+    async def local_stall_state() -> dict[str, float | int]:
+        return stall.as_dict()
 
     @app.post("/_local/faults", response_model=None)
     async def local_faults(spec: FaultSpec, manager: ManagerDep) -> dict[str, bool] | JSONResponse:
@@ -123,7 +188,7 @@ def create_app(
 
     # --- fal queue protocol --------------------------------------------------------
 
-    @app.post("/{owner}/{alias}", response_model=None)
+    @app.post("/{owner}/{alias}", response_model=None, dependencies=STALLED)
     async def submit(
         owner: str,
         alias: str,
@@ -169,7 +234,9 @@ def create_app(
         }
         return JSONResponse(body, headers={"X-Fal-Request-Id": job.request_id})
 
-    @app.get("/{owner}/{alias}/requests/{request_id}/status", response_model=None)
+    @app.get(
+        "/{owner}/{alias}/requests/{request_id}/status", response_model=None, dependencies=STALLED
+    )
     async def status(
         owner: str, alias: str, request_id: str, manager: ManagerDep, logs: str | None = None
     ) -> JSONResponse:
@@ -181,7 +248,7 @@ def create_app(
         code = 200 if body["status"] == State.COMPLETED.value else 202
         return JSONResponse(body, status_code=code, headers={"X-Fal-Request-Id": request_id})
 
-    @app.get("/{owner}/{alias}/requests/{request_id}", response_model=None)
+    @app.get("/{owner}/{alias}/requests/{request_id}", response_model=None, dependencies=STALLED)
     async def result(owner: str, alias: str, request_id: str, manager: ManagerDep) -> JSONResponse:
         job = manager.get(f"{owner}/{alias}", request_id)
         if job is None:
@@ -193,7 +260,9 @@ def create_app(
         manager.mark_fetched(job)
         return JSONResponse(job.result, headers={"X-Fal-Request-Id": request_id})
 
-    @app.put("/{owner}/{alias}/requests/{request_id}/cancel", response_model=None)
+    @app.put(
+        "/{owner}/{alias}/requests/{request_id}/cancel", response_model=None, dependencies=STALLED
+    )
     async def cancel(owner: str, alias: str, request_id: str, manager: ManagerDep) -> JSONResponse:
         job = manager.get(f"{owner}/{alias}", request_id)
         if job is None:

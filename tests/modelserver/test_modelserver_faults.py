@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import time
 
@@ -105,3 +106,25 @@ async def test_input_that_is_not_an_image_is_an_invalid_input(
     handle = await fal.submit(NSFW, {"image_url": "data:text/plain,hello"})
     status = await wait_for(handle, fal_client.Completed)
     assert status.error_type == "invalid_input"
+
+
+async def test_a_stall_holds_protocol_requests_until_it_ends(
+    fal: fal_client.AsyncClient, clean: httpx.AsyncClient, astronaut_uri: str
+) -> None:
+    """Like a provider that accepts connections and answers nothing; the hooks still answer."""
+    (await clean.post("/_local/stall", json={"seconds": 60})).raise_for_status()
+    submit = asyncio.create_task(fal.submit(NSFW, {"image_url": astronaut_uri}))
+
+    async def held() -> bool:
+        return bool((await clean.get("/_local/stall")).json()["waiting"] == 1)
+
+    deadline = time.monotonic() + 10
+    while not await held():
+        assert time.monotonic() < deadline, "the submission never reached the server"
+        await asyncio.sleep(0.05)
+    assert not submit.done()
+    assert (await clean.get("/_local/stats")).json()[NSFW]["submitted"] == 0
+    (await clean.post("/_local/stall", json={"seconds": 0})).raise_for_status()
+    handle = await asyncio.wait_for(submit, 10)  # released at once, not after 60 s
+    await wait_for(handle, fal_client.Completed)
+    assert (await clean.get("/_local/stall")).json() == {"remaining": 0.0, "waiting": 0}
