@@ -24,9 +24,11 @@ test: $(STAMP)  ## lint, type-check and run every test against real services
 	$(BIN)/mypy
 	$(BIN)/pytest -q
 
-bench: $(STAMP)  ## print the overhead and per-step benchmarks (each starts its own stack)
+bench: $(STAMP)  ## print every benchmark beside its baseline (each starts its own stack)
 	$(BIN)/python -m bench.pipeline_overhead
 	$(BIN)/python -m bench.pipeline_steps
+	$(BIN)/python -m bench.sse_fanout
+	$(BIN)/python -m bench.burst_starts
 
 lint: $(STAMP)
 	$(BIN)/ruff check --fix .

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import math
+import os
+import resource
 import statistics
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -16,10 +20,11 @@ from infra import services
 
 
 @contextlib.contextmanager
-def local_stack(
+def running_stack(
     *, env: dict[str, str], replay: bool, model_workers: int = 2
-) -> Iterator[services.StackConfig]:
-    """Every part of the service on free ports in a temporary folder, as the tests run it."""
+) -> Iterator[tuple[services.StackConfig, list[services.Managed]]]:
+    """Every part of the service on free ports in a temporary folder, as the tests run it,
+    with its running services (to find a process, e.g. the API's)."""
     with tempfile.TemporaryDirectory(prefix="bitbuddies-bench-") as tmp:
         cfg = services.StackConfig.throwaway(
             Path(tmp),
@@ -27,8 +32,70 @@ def local_stack(
             model_workers=model_workers,
             replay=replay,
         )
-        with services.running(cfg):
-            yield cfg
+        with services.running(cfg) as started:
+            yield cfg, started
+
+
+@contextlib.contextmanager
+def local_stack(
+    *, env: dict[str, str], replay: bool, model_workers: int = 2
+) -> Iterator[services.StackConfig]:
+    """As ``running_stack``, for callers that need only the configuration."""
+    with running_stack(env=env, replay=replay, model_workers=model_workers) as (cfg, _):
+        yield cfg
+
+
+def bare_worker(cfg: services.StackConfig) -> services.Managed:
+    """The baseline's worker (bench/bare.py) on the stack's Temporal server, not started."""
+    ready = cfg.data_dir / "run" / "bare.ready"
+    return services.Managed(
+        "bare-worker",
+        [
+            sys.executable,
+            "-m",
+            "bench.bare",
+            "--temporal-address",
+            cfg.temporal_address,
+            "--ready-file",
+            str(ready),
+        ],
+        ready=ready.exists,
+        log_path=cfg.data_dir / "logs" / "bare-worker.log",
+    )
+
+
+def percentile(values: list[float], q: float) -> float:
+    """The nearest-rank ``q``-th percentile (NaN when there are no values)."""
+    if not values:
+        return math.nan
+    ordered = sorted(values)
+    rank = math.ceil(q / 100 * len(ordered))
+    return ordered[min(len(ordered), max(rank, 1)) - 1]
+
+
+def rss_bytes(pid: int) -> int:
+    """Resident memory of one process, from /proc (Linux only)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError(f"no VmRSS for process {pid}")
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU (user + system) one process has used so far, from /proc (Linux only)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def raise_open_files_limit(wanted: int) -> int:
+    """Raise this process's soft limit on open files towards ``wanted`` (capped by the hard
+    limit); the stack's processes, started afterwards, inherit it. Returns the limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if target > soft:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        return target
+    return soft
 
 
 @dataclass

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import sys
 import time
 import uuid
 from collections import defaultdict
@@ -27,7 +26,7 @@ from temporalio.client import Client, WorkflowHistory
 from api.client import signup
 from bench import cpu
 from bench.bare import TASK_QUEUE, BareWorkflow
-from bench.harness import Summary, local_stack, sample_photo, timed_generation
+from bench.harness import Summary, bare_worker, local_stack, sample_photo, timed_generation
 from infra import services
 
 ENV = {
@@ -111,24 +110,6 @@ def _transcode_seconds(history: WorkflowHistory) -> float:
             if scheduled.get(scheduled_id) == "transcode":
                 return when - started[scheduled_id]
     raise RuntimeError("no completed transcode activity in this history")
-
-
-def bare_worker(cfg: services.StackConfig) -> services.Managed:
-    ready = cfg.data_dir / "run" / "bare.ready"
-    return services.Managed(
-        "bare-worker",
-        [
-            sys.executable,
-            "-m",
-            "bench.bare",
-            "--temporal-address",
-            cfg.temporal_address,
-            "--ready-file",
-            str(ready),
-        ],
-        ready=ready.exists,
-        log_path=cfg.data_dir / "logs" / "bare-worker.log",
-    )
 
 
 async def run(cfg: services.StackConfig, n: int, concurrencies: list[int]) -> None:
