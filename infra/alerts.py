@@ -14,7 +14,7 @@ TIMEOUT_SECONDS = 10.0
 
 
 class _PushoverWithTimeout(PushoverAPI):  # type: ignore[misc]
-    """pushover_complete posts to a module constant with no timeout (FACTS.md)."""
+    """pushover_complete posts to a module-level URL with no timeout; give it both."""
 
     def __init__(self, token: str, base_url: str) -> None:
         super().__init__(token)

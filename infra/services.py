@@ -254,7 +254,7 @@ def temporal(cfg: StackConfig) -> Managed:
         str(cfg.ports.temporal),
         "--log-level",
         "warn",
-        # FACTS: the dev server's default adds ~40 ms per workflow task.
+        # The dev server's default poll rate adds ~40 ms to every workflow task.
         "--dynamic-config-value",
         "history.transferProcessorMaxPollRPS=1000",
         "--sqlite-pragma",

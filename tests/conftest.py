@@ -155,7 +155,7 @@ async def models(stack: Stack) -> AsyncIterator[httpx.AsyncClient]:
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
-    # FACTS.md: processes using the Temporal SDK sometimes crash at interpreter exit
+    # Processes using the Temporal SDK sometimes crash at interpreter exit
     # (sdk-python#300); leave with pytest's own status instead.
     status = getattr(config, "_bitbuddies_exitstatus", None)
     if status is not None:

@@ -104,6 +104,54 @@ async def test_a_burst_of_wrong_password_logins_does_not_starve_other_routes(
             assert answer.headers["retry-after"]
 
 
+@pytest.mark.parametrize(
+    "query, header",
+    [
+        ("after=-1", None),
+        ("after=1.5", None),
+        ("after=%D9%A3", None),  # ARABIC-INDIC DIGIT THREE: a digit, but not an event id
+        ("after=99999999999999999999", None),  # past Redis's 64-bit range
+        ("after=9223372036854775808", None),  # 2**63
+        ("", b"\xb2"),  # SUPERSCRIPT TWO in latin-1: str.isdigit() says yes
+        ("", b"+12"),
+        ("", b"99999999999999999999"),
+    ],
+)
+async def test_a_bad_resume_point_is_422_not_500(
+    db: AsyncConnectionPool,  # type: ignore[type-arg]
+    http: httpx.AsyncClient,
+    query: str,
+    header: bytes | None,
+) -> None:
+    user = await signup(http)
+    waiting = await insert_generation(db, uuid.UUID(user.id))
+    headers = dict(user.headers)
+    if header is not None:
+        headers["Last-Event-ID"] = header  # type: ignore[assignment]
+    async with http.stream(
+        "GET", f"/v1/generations/{waiting}/events?{query}", headers=headers, timeout=10
+    ) as response:
+        await response.aread()
+    assert response.status_code == 422, response.text
+    assert _is_error_body(response, "invalid_request")
+
+
+async def test_the_largest_event_id_is_a_valid_resume_point(
+    db: AsyncConnectionPool,  # type: ignore[type-arg]
+    http: httpx.AsyncClient,
+) -> None:
+    user = await signup(http)
+    waiting = await insert_generation(db, uuid.UUID(user.id))
+    url = f"/v1/generations/{waiting}/events?after={2**63 - 1}"
+    async with http.stream("GET", url, headers=user.headers, timeout=10) as response:
+        assert response.status_code == 200
+        # The stream reads the log (past its end) without an error, then waits.
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(2.5):
+                async for _ in response.aiter_bytes():
+                    pass
+
+
 # --- sizes -------------------------------------------------------------------------
 
 

@@ -5,16 +5,18 @@ between them gets exactly the quota, then 429 with Retry-After."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import uuid
 from collections.abc import AsyncIterator, Iterator
 
 import httpx
 import pytest
+from psycopg_pool import AsyncConnectionPool
 
-from api.client import signup
+from api.client import User, signup
 from infra import services
-from tests.conftest import Stack, photo
+from tests.conftest import Stack, insert_generation, photo
 
 LIMITED_ENV = {
     "BITBUDDIES_RATE_LIMITS": "on",
@@ -109,3 +111,39 @@ async def test_generation_starts_per_user_hold_across_processes(
     for response in started[:2]:
         events = await user.events(response.json()["id"])
         assert events[-1].event == "completed"
+
+
+async def test_open_streams_per_user_hold_across_processes_and_free_on_close(
+    db: AsyncConnectionPool,  # type: ignore[type-arg]
+    http: httpx.AsyncClient,
+    limited_apis: list[str],
+) -> None:
+    user = await signup(http)
+    other = await signup(http)
+    waiting = await insert_generation(db, uuid.UUID(user.id))
+    theirs = await insert_generation(db, uuid.UUID(other.id))
+    async with contextlib.AsyncExitStack() as streams:
+
+        async def open_stream(base: str, who: User, generation: uuid.UUID) -> httpx.Response:
+            client = await streams.enter_async_context(httpx.AsyncClient(base_url=base))
+            return await streams.enter_async_context(
+                client.stream("GET", f"/v1/generations/{generation}/events", headers=who.headers)
+            )
+
+        held = [await open_stream(limited_apis[i % 2], user, waiting) for i in range(3)]
+        assert [r.status_code for r in held] == [200] * 3
+        refused = await open_stream(limited_apis[1], user, waiting)
+        await refused.aread()
+        _assert_429(refused)
+        # Another user's streams are not counted against this one.
+        assert (await open_stream(limited_apis[0], other, theirs)).status_code == 200
+
+        # Closing a stream frees its place at once, not when its lease lapses.
+        await held[0].aclose()
+        for _ in range(50):
+            again = await open_stream(limited_apis[1], user, waiting)
+            if again.status_code == 200:
+                break
+            await again.aread()
+            await asyncio.sleep(0.1)
+        assert again.status_code == 200, again.text

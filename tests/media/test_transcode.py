@@ -99,7 +99,7 @@ async def check_character(
     assert len(with_alpha) == files.frames == anim.frames
     for frame in (0, anim.frames // 2, anim.frames - 1):
         assert_disc_is_opaque_and_background_transparent(with_alpha[frame], anim, frame)
-    # The native decoder silently drops alpha (FACTS): why players and tests need libvpx.
+    # FFmpeg's native VP9 decoder silently drops alpha: why players and tests need libvpx.
     native = decode_rgba(webm, anim.size, vcodec=None)
     assert native[..., 3].min() == 255
 

@@ -271,7 +271,7 @@ async def test_gcs_signed_url_is_v4_and_fetchable(
 
     url = gcs.signed_url(key, expires_in=timedelta(minutes=5), content_type="image/png")
 
-    # The emulator checks neither signature nor expiry (FACTS), so assert the shape.
+    # The GCS emulator checks neither signature nor expiry, so assert the shape.
     assert "X-Goog-Signature=" in url
     assert "X-Goog-Algorithm=GOOG4-RSA-SHA256" in url
     assert "X-Goog-Expires=300" in url
