@@ -191,7 +191,9 @@ async def create_generation(
     # Counted only now: a retry of a request already accepted is not a new start.
     await limits.start_allowed(request, str(user.id))
 
-    checked = await read_photo(photo, max_bytes=settings.max_upload_bytes)
+    checked = await read_photo(
+        photo, max_bytes=settings.max_upload_bytes, max_pixels=settings.max_photo_pixels
+    )
     async with pool.connection() as conn:
         if await ledger.balance(conn, user.id) < 1:
             raise PaymentRequired("You have no tokens left.")

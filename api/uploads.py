@@ -1,4 +1,13 @@
-"""Checking an uploaded photo before anything is stored or charged."""
+"""Checking an uploaded photo, and keeping only a clean copy of it.
+
+What is stored is never the uploaded file. The upload is identified by its bytes (not
+its name or declared type), its dimensions are checked from the header before a pixel is
+decoded, and the picture is then decoded, turned upright (EXIF orientation), converted
+to 8-bit sRGB (16-bit, grey, palette, CMYK and wide-gamut photos alike), downscaled to
+the largest size the pipeline renders, and encoded afresh. So no metadata survives (GPS
+position, camera serial, the owner's name), nor anything hidden after the image data (a
+ZIP, an HTML page, padding).
+"""
 
 from __future__ import annotations
 
@@ -7,19 +16,16 @@ import io
 from dataclasses import dataclass
 
 from fastapi import UploadFile
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
 
 from api.errors import Invalid, PayloadTooLarge, UnsupportedMediaType
+from infra import photo_rules
 
 READ_CHUNK = 1024 * 1024
-MIN_SIDE = 64
-MAX_PIXELS = 64_000_000  # refuse decompression bombs
-
-_FORMATS = {
-    "JPEG": ("image/jpeg", "jpg"),
-    "PNG": ("image/png", "png"),
-    "WEBP": ("image/webp", "webp"),
-}
+JPEG_QUALITY = 92
+_KINDS = ("JPEG", "PNG", "WEBP")
+_UNSUPPORTED = "The photo must be a JPEG, PNG or WebP image."
+_SRGB = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB"))
 
 
 @dataclass(frozen=True)
@@ -41,8 +47,8 @@ def _sniff(head: bytes) -> str | None:
     return None
 
 
-async def read_photo(photo: UploadFile, *, max_bytes: int) -> CheckedPhoto:
-    """The photo's bytes, or a 413 / 415 / 422 that says what is wrong."""
+async def read_photo(photo: UploadFile, *, max_bytes: int, max_pixels: int) -> CheckedPhoto:
+    """A clean copy of the photo, or a 413 / 415 / 422 that says what is wrong."""
     chunks: list[bytes] = []
     total = 0
     while chunk := await photo.read(READ_CHUNK):
@@ -53,26 +59,77 @@ async def read_photo(photo: UploadFile, *, max_bytes: int) -> CheckedPhoto:
     data = b"".join(chunks)
     # Decoding a large photo takes a while of CPU: off the event loop, so the streams
     # of every other client served by this process keep flowing meanwhile.
-    return await asyncio.to_thread(_check, data)
+    return await asyncio.to_thread(clean_photo, data, max_pixels)
 
 
-def _check(data: bytes) -> CheckedPhoto:
+def clean_photo(data: bytes, max_pixels: int) -> CheckedPhoto:
     if not data:
         raise Invalid("The photo is empty.")
     kind = _sniff(data[:16])
     if kind is None:
-        raise UnsupportedMediaType("The photo must be a JPEG, PNG or WebP image.")
+        raise UnsupportedMediaType(_UNSUPPORTED)
     try:
-        with Image.open(io.BytesIO(data)) as image:
+        with Image.open(io.BytesIO(data), formats=_KINDS) as image:
             if image.format != kind:
-                raise UnsupportedMediaType("The photo must be a JPEG, PNG or WebP image.")
-            width, height = image.size
-            if width * height > MAX_PIXELS:
-                raise PayloadTooLarge("The photo has too many pixels.")
+                raise UnsupportedMediaType(_UNSUPPORTED)
+            width, height = image.size  # from the header: nothing decoded yet
+            if width * height > max_pixels:
+                raise PayloadTooLarge(
+                    f"The photo has {width}x{height} pixels; at most {max_pixels:,} are accepted."
+                )
+            if min(width, height) < photo_rules.MIN_SIDE:
+                raise Invalid(
+                    f"The photo is too small ({width}x{height}); it needs at least "
+                    f"{photo_rules.MIN_SIDE} pixels on its short side."
+                )
+            if kind == "JPEG":  # decode at a reduced scale when that is enough
+                image.draft(None, (photo_rules.MAX_SIDE, photo_rules.MAX_SIDE))
             image.load()  # decodes fully: a truncated or corrupt file fails here
-    except (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError) as err:
+            clean = _normalised(image)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
         raise Invalid("The photo could not be read; the file may be damaged.") from err
-    if min(width, height) < MIN_SIDE:
-        raise Invalid(f"The photo is too small; it needs at least {MIN_SIDE} pixels a side.")
-    content_type, extension = _FORMATS[kind]
-    return CheckedPhoto(data, content_type, extension, width, height)
+    except Image.DecompressionBombError as err:
+        raise PayloadTooLarge("The photo has too many pixels.") from err
+    return _encode(clean)
+
+
+def _normalised(image: Image.Image) -> Image.Image:
+    """Upright, 8-bit sRGB (with alpha if it has any), at most MAX_SIDE a side."""
+    icc = image.info.get("icc_profile")
+    upright = ImageOps.exif_transpose(image)
+    if upright.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        # 16-bit grey: scale to 8 bits (a plain convert would clip everything above 255).
+        upright = upright.convert("I").point(lambda v: v * (1 / 257)).convert("L")
+    elif upright.mode == "F":
+        upright = upright.point(lambda v: v * 255).convert("L")
+    has_alpha = upright.mode in ("RGBA", "LA", "PA") or (
+        upright.mode == "P" and "transparency" in upright.info
+    )
+    if icc and upright.mode in ("RGB", "RGBA", "CMYK", "L"):
+        upright = _to_srgb(upright, icc)
+    upright = upright.convert("RGBA" if has_alpha else "RGB")
+    upright.thumbnail((photo_rules.MAX_SIDE, photo_rules.MAX_SIDE), Image.Resampling.LANCZOS)
+    return upright
+
+
+def _to_srgb(image: Image.Image, icc: bytes) -> Image.Image:
+    """Colours as the camera meant them, in sRGB; unchanged if the profile is unusable."""
+    mode = "RGBA" if image.mode == "RGBA" else "RGB"
+    try:
+        source = ImageCms.ImageCmsProfile(io.BytesIO(icc))
+        converted = ImageCms.profileToProfile(image, source, _SRGB, outputMode=mode)
+    except (ImageCms.PyCMSError, OSError, ValueError):
+        return image
+    return converted or image
+
+
+def _encode(image: Image.Image) -> CheckedPhoto:
+    """A fresh file: PNG when the photo has transparency, JPEG otherwise; no metadata."""
+    out = io.BytesIO()
+    if image.mode == "RGBA":
+        image.save(out, format="PNG", optimize=False)
+        content_type, extension = "image/png", "png"
+    else:
+        image.save(out, format="JPEG", quality=JPEG_QUALITY, optimize=True)
+        content_type, extension = "image/jpeg", "jpg"
+    return CheckedPhoto(out.getvalue(), content_type, extension, image.width, image.height)

@@ -75,6 +75,9 @@ class Settings(BaseSettings):
     animation_seconds: float = 5.0
     nsfw_threshold: float = 0.5
     max_upload_bytes: int = 20 * 1024 * 1024
+    # Read from the image header before any pixel is decoded: a small file that claims
+    # huge dimensions (a decompression bomb) is refused without allocating them.
+    max_photo_pixels: int = 50_000_000
     max_prompt_chars: int = 500
     # Every route but the photo upload takes a small JSON body or none.
     max_body_bytes: int = 64 * 1024

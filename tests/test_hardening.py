@@ -4,12 +4,17 @@
 from __future__ import annotations
 
 import asyncio
+import io
+import struct
 import time
 import uuid
+import zlib
 from urllib.parse import urlsplit
 
 import httpx
+import numpy as np
 import pytest
+from PIL import Image
 from psycopg_pool import AsyncConnectionPool
 
 from api.app import create_app
@@ -288,6 +293,119 @@ async def test_a_prompt_that_is_not_utf8_is_refused(http: httpx.AsyncClient) -> 
     assert response.status_code == 422, response.text
     assert "UTF-8" in response.json()["error"]["message"]
     assert await user.balance() == 3
+
+
+# --- photos ------------------------------------------------------------------------
+
+
+async def _upload(http: httpx.AsyncClient, user: User, data: bytes, name: str) -> httpx.Response:
+    return await http.post(
+        "/v1/generations",
+        headers=user.headers,
+        files={"photo": (name, data, "application/octet-stream")},
+        data={"prompt": "a knight"},
+    )
+
+
+def _stored_input(stack: Stack, generation_id: str) -> bytes:
+    folder = stack.cfg.data_dir / "storage" / "generations" / generation_id / "input"
+    (path,) = folder.iterdir()
+    return path.read_bytes()
+
+
+def _textured(width: int, height: int) -> np.ndarray:  # type: ignore[type-arg]
+    rng = np.random.default_rng(7)
+    return rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+
+
+async def test_a_stored_photo_is_upright_with_no_metadata_or_trailer(
+    stack: Stack, http: httpx.AsyncClient
+) -> None:
+    pixels = _textured(300, 200)
+    pixels[:, :150] = (220, 30, 30)  # left half red, right half blue
+    pixels[:, 150:] = (30, 30, 220)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # Orientation: rotate 90 degrees clockwise to display
+    exif[0x010F] = "SnoopCam"  # Make
+    exif[0x8825] = {1: "N", 2: (52.0, 22.0, 30.0), 3: "E", 4: (4.0, 53.0, 10.0)}  # GPS
+    out = io.BytesIO()
+    Image.fromarray(pixels).save(out, "JPEG", exif=exif.tobytes(), quality=95)
+    hostile = out.getvalue() + b"PK\x03\x04<html><script>alert(1)</script></html>" + b"\0" * 4096
+    assert b"SnoopCam" in hostile
+
+    user = await signup(http)
+    response = await _upload(http, user, hostile, "holiday.jpg")
+    assert response.status_code == 202, response.text
+    stored = _stored_input(stack, response.json()["id"])
+    await user.events(response.json()["id"])
+
+    for secret in (b"SnoopCam", b"Exif", b"PK\x03\x04", b"<html", b"<script"):
+        assert secret not in stored
+    assert stored.endswith(b"\xff\xd9")  # the JPEG ends where its image data ends
+    with Image.open(io.BytesIO(stored)) as image:
+        assert image.size == (200, 300)  # turned upright
+        assert not image.getexif()
+        rgb = np.asarray(image.convert("RGB"), dtype=np.int32)
+    assert rgb[5, 100, 0] > 150 > rgb[5, 100, 2]  # the red half is now on top
+    assert rgb[-5, 100, 2] > 150 > rgb[-5, 100, 0]
+
+
+async def test_a_16_bit_grey_photo_keeps_its_brightness(
+    stack: Stack, http: httpx.AsyncClient
+) -> None:
+    grey = np.full((200, 200), 30000, dtype=np.uint16)  # 46% of full scale
+    grey[::2, ::2] = 36000
+    out = io.BytesIO()
+    Image.fromarray(grey).save(out, "PNG")
+    user = await signup(http)
+    response = await _upload(http, user, out.getvalue(), "scan.png")
+    assert response.status_code == 202, response.text
+    stored = _stored_input(stack, response.json()["id"])
+    await user.events(response.json()["id"])
+    with Image.open(io.BytesIO(stored)) as image:
+        assert image.mode == "RGB"
+        mean = float(np.asarray(image).mean())
+    assert abs(mean - (30000 * 0.75 + 36000 * 0.25) / 257) < 4, mean
+
+
+def _png_header_only(width: int, height: int) -> bytes:
+    """A PNG that claims ``width`` x ``height`` but carries almost no data."""
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        crc = zlib.crc32(kind + body) & 0xFFFFFFFF
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", crc)
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    idat = zlib.compress(b"\0" * 1024)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+
+
+async def test_too_many_pixels_are_refused_from_the_header(
+    stack: Stack, http: httpx.AsyncClient
+) -> None:
+    user = await signup(http)
+    balance = await user.balance()
+    before = set((stack.cfg.data_dir / "storage" / "generations").glob("*"))
+    started = time.monotonic()
+    response = await _upload(http, user, _png_header_only(7500, 7500), "bomb.png")
+    assert response.status_code == 413, response.text
+    assert _is_error_body(response, "payload_too_large")
+    assert time.monotonic() - started < 2
+    assert await user.balance() == balance
+    assert set((stack.cfg.data_dir / "storage" / "generations").glob("*")) == before
+
+
+async def test_a_photo_the_pipeline_would_refuse_as_too_small_is_refused_at_upload(
+    http: httpx.AsyncClient,
+) -> None:
+    out = io.BytesIO()
+    Image.fromarray(_textured(100, 160)).save(out, "PNG")
+    user = await signup(http)
+    balance = await user.balance()
+    response = await _upload(http, user, out.getvalue(), "tiny.png")
+    assert response.status_code == 422, response.text
+    assert "too small" in response.json()["error"]["message"]
+    assert await user.balance() == balance  # refused before a token was charged
 
 
 # --- idempotency, URLs, errors, headers --------------------------------------------

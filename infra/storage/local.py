@@ -169,6 +169,17 @@ class LocalStorage:
         path = self.path_for(key)
         with contextlib.suppress(FileNotFoundError, NotADirectoryError):
             await asyncio.to_thread(path.unlink)
+        await asyncio.to_thread(self._prune, path.parent)
+
+    def _prune(self, folder: Path) -> None:
+        """Remove the folders a delete left empty, up to ``root``: like GCS, where a
+        "folder" exists only while an object's name has it as a prefix."""
+        while folder != self.root and self.root in folder.parents:
+            try:
+                folder.rmdir()  # only ever succeeds on an empty folder
+            except OSError:
+                return
+            folder = folder.parent
 
     def signed_url(
         self, key: str, *, expires_in: timedelta, content_type: str | None = None

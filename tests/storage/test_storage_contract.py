@@ -119,6 +119,19 @@ async def test_exists_size_and_idempotent_delete(backend: Storage, prefix: str) 
         await backend.size(key)
 
 
+async def test_local_delete_leaves_no_empty_folders(tmp_path: Path) -> None:
+    store = LocalStorage(tmp_path / "store", public_url=PUBLIC_URL, signing_secret=SECRET)
+    await store.write_bytes("g/1/input/photo.jpg", b"x", content_type="image/jpeg")
+    await store.write_bytes("g/2/input/photo.jpg", b"y", content_type="image/jpeg")
+    await store.delete("g/1/input/photo.jpg")
+    assert sorted(p.relative_to(store.root).as_posix() for p in store.root.rglob("*")) == [
+        "g",
+        "g/2",
+        "g/2/input",
+        "g/2/input/photo.jpg",
+    ]
+
+
 async def test_missing_objects_raise_object_not_found(backend: Storage, prefix: str) -> None:
     key = f"{prefix}/missing.bin"
     with pytest.raises(ObjectNotFound):

@@ -17,11 +17,12 @@ import cv2
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from infra import photo_rules
 from infra.modelserver.apps.base import SIZE_FIELD, URL_PATTERN, AppSpec, LogFn, OutputFile
 from infra.modelserver.fetch import fetch_input
 from infra.modelserver.media import U8, fit_max_side, load_image, save_png
 
-MIN_SHORT_SIDE = 128
+MIN_SHORT_SIDE = photo_rules.MIN_SIDE
 UNIFORM_STD = 10.0
 TOO_DARK_MEAN = 35.0
 TOO_BRIGHT_MEAN = 225.0
