@@ -126,6 +126,7 @@ def _to_srgb(image: Image.Image, icc: bytes) -> Image.Image:
 def _encode(image: Image.Image) -> CheckedPhoto:
     """A fresh file: PNG when the photo has transparency, JPEG otherwise; no metadata."""
     out = io.BytesIO()
+    image.info = {}  # Pillow's PNG writer would otherwise copy the ICC profile and text
     if image.mode == "RGBA":
         image.save(out, format="PNG", optimize=False)
         content_type, extension = "image/png", "png"

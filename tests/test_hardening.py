@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 import httpx
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageCms, PngImagePlugin
 from psycopg_pool import AsyncConnectionPool
 
 from api.app import create_app
@@ -348,6 +348,32 @@ async def test_a_stored_photo_is_upright_with_no_metadata_or_trailer(
         rgb = np.asarray(image.convert("RGB"), dtype=np.int32)
     assert rgb[5, 100, 0] > 150 > rgb[5, 100, 2]  # the red half is now on top
     assert rgb[-5, 100, 2] > 150 > rgb[-5, 100, 0]
+
+
+async def test_a_transparent_photo_is_stored_as_png_with_no_metadata_chunks(
+    stack: Stack, http: httpx.AsyncClient
+) -> None:
+    rgba = np.dstack([_textured(300, 200), np.full((200, 300), 180, np.uint8)])
+    text = PngImagePlugin.PngInfo()
+    text.add_text("Comment", "SnoopCam")
+    text.add_itxt("Author", "SnoopCam")
+    exif = Image.Exif()
+    exif[0x010F] = "SnoopCam"
+    srgb = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    out = io.BytesIO()
+    Image.fromarray(rgba, "RGBA").save(
+        out, "PNG", pnginfo=text, exif=exif.tobytes(), icc_profile=srgb
+    )
+    user = await signup(http)
+    response = await _upload(http, user, out.getvalue(), "sticker.png")
+    assert response.status_code == 202, response.text
+    stored = _stored_input(stack, response.json()["id"])
+    await user.events(response.json()["id"])
+    assert stored.startswith(b"\x89PNG")
+    for chunk in (b"tEXt", b"iTXt", b"zTXt", b"eXIf", b"iCCP", b"SnoopCam"):
+        assert chunk not in stored
+    with Image.open(io.BytesIO(stored)) as image:
+        assert image.mode == "RGBA" and image.size == (300, 200)
 
 
 async def test_a_16_bit_grey_photo_keeps_its_brightness(
