@@ -12,7 +12,7 @@ from urllib.parse import urlsplit
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 
 from api import accounts, characters, files, generations, health, streams
 from api.docs import install_docs
@@ -29,6 +29,8 @@ from infra.storage import storage_from_settings
 from infra.temporal import connect
 
 log = logging.getLogger("bitbuddies.api")
+REDIS_CLIENT_NAME = "bitbuddies-api"  # how its connections show in CLIENT LIST
+REDIS_WAIT_SECONDS = 10.0  # for a free pooled connection, then a RedisError
 
 DESCRIPTION = """
 Turn a photo and a prompt into an animated, transparent cartoon character.
@@ -54,7 +56,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.settings = settings
         app.state.db = open_pool(settings.database_url, max_size=20)
         await app.state.db.open(wait=True)
-        app.state.redis = Redis.from_url(settings.redis_url)
+        # A bounded pool: when a thousand streams wake at once they take turns on these
+        # connections instead of opening one each (past Redis's client limit, the
+        # streams beyond it failed and were cut off).
+        app.state.redis = Redis.from_pool(
+            BlockingConnectionPool.from_url(
+                settings.redis_url,
+                max_connections=settings.api_redis_connections,
+                timeout=REDIS_WAIT_SECONDS,
+                client_name=REDIS_CLIENT_NAME,
+            )
+        )
         app.state.temporal = await connect(settings)
         app.state.storage = storage_from_settings(settings)
         app.state.limits = Limits.from_settings(settings)

@@ -137,7 +137,7 @@ async def follow(
                     data_lines = []
         result.ended = True
     except (OSError, ValueError, IndexError, KeyError, asyncio.IncompleteReadError) as err:
-        result.error = type(err).__name__
+        result.error = f"{type(err).__name__}: {str(err)[:60]}"
     finally:
         if not announced:
             opened()

@@ -86,6 +86,8 @@ class Settings(BaseSettings):
     # request that waited this long is answered 503 with Retry-After.
     password_hash_concurrency: int = 2
     password_hash_max_wait_seconds: float = 10.0
+    # Redis connections per API process (streams, rate limits, health share them).
+    api_redis_connections: int = 64
 
     # A model step that failed for a transient reason (see activities/model_errors.py) is
     # resubmitted this many times at most, waiting this long before the first try again

@@ -31,6 +31,7 @@ TEST_ENV = {
     "BITBUDDIES_LOG_LEVEL": "INFO",
     # Every test signs up from 127.0.0.1; tests/test_rate_limits.py turns limits on.
     "BITBUDDIES_RATE_LIMITS": "off",
+    "BITBUDDIES_API_REDIS_CONNECTIONS": "8",  # small, so a test can see the bound hold
     "BITBUDDIES_SWEEP_INTERVAL_SECONDS": "1",
     # only the sweeper test's backdated generation is old enough; other tests insert rows too
     "BITBUDDIES_STALE_QUEUED_SECONDS": "1800",
