@@ -90,6 +90,11 @@ def clean_photo(data: bytes, max_pixels: int) -> CheckedPhoto:
         raise Invalid("The photo could not be read; the file may be damaged.") from err
     except Image.DecompressionBombError as err:
         raise PayloadTooLarge("The photo has too many pixels.") from err
+    if min(clean.size) < photo_rules.MIN_SIDE:  # a long, thin strip, once downscaled
+        raise Invalid(
+            f"The photo is too narrow ({width}x{height}); at {photo_rules.MAX_SIDE} pixels "
+            f"on its long side it needs at least {photo_rules.MIN_SIDE} on its short side."
+        )
     return _encode(clean)
 
 

@@ -467,16 +467,20 @@ async def test_too_many_pixels_are_refused_from_the_header(
     assert set((stack.cfg.data_dir / "storage" / "generations").glob("*")) == before
 
 
+@pytest.mark.parametrize(
+    "width, height, words",
+    [(100, 160, "too small"), (6000, 150, "too narrow")],  # 6000x150 is 2048x51 once stored
+)
 async def test_a_photo_the_pipeline_would_refuse_as_too_small_is_refused_at_upload(
-    http: httpx.AsyncClient,
+    http: httpx.AsyncClient, width: int, height: int, words: str
 ) -> None:
     out = io.BytesIO()
-    Image.fromarray(_textured(100, 160)).save(out, "PNG")
+    Image.fromarray(_textured(width, height)).save(out, "PNG")
     user = await signup(http)
     balance = await user.balance()
     response = await _upload(http, user, out.getvalue(), "tiny.png")
     assert response.status_code == 422, response.text
-    assert "too small" in response.json()["error"]["message"]
+    assert words in response.json()["error"]["message"]
     assert await user.balance() == balance  # refused before a token was charged
 
 
