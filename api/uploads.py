@@ -77,11 +77,7 @@ def clean_photo(data: bytes, max_pixels: int) -> CheckedPhoto:
                 raise PayloadTooLarge(
                     f"The photo has {width}x{height} pixels; at most {max_pixels:,} are accepted."
                 )
-            if min(width, height) < photo_rules.MIN_SIDE:
-                raise Invalid(
-                    f"The photo is too small ({width}x{height}); it needs at least "
-                    f"{photo_rules.MIN_SIDE} pixels on its short side."
-                )
+            _check_size(width, height)
             if kind == "JPEG":  # decode at a reduced scale when that is enough
                 image.draft(None, (photo_rules.MAX_SIDE, photo_rules.MAX_SIDE))
             image.load()  # decodes fully: a truncated or corrupt file fails here
@@ -90,12 +86,23 @@ def clean_photo(data: bytes, max_pixels: int) -> CheckedPhoto:
         raise Invalid("The photo could not be read; the file may be damaged.") from err
     except Image.DecompressionBombError as err:
         raise PayloadTooLarge("The photo has too many pixels.") from err
-    if min(clean.size) < photo_rules.MIN_SIDE:  # a long, thin strip, once downscaled
+    return _encode(clean)
+
+
+def _check_size(width: int, height: int) -> None:
+    """Refuse, from the header alone, a photo whose stored copy (downscaled to MAX_SIDE on
+    its long side) would fall under the pipeline's minimum short side."""
+    if min(width, height) < photo_rules.MIN_SIDE:
+        raise Invalid(
+            f"The photo is too small ({width}x{height}); it needs at least "
+            f"{photo_rules.MIN_SIDE} pixels on its short side."
+        )
+    scale = min(1.0, photo_rules.MAX_SIDE / max(width, height))
+    if round(min(width, height) * scale) < photo_rules.MIN_SIDE:
         raise Invalid(
             f"The photo is too narrow ({width}x{height}); at {photo_rules.MAX_SIDE} pixels "
             f"on its long side it needs at least {photo_rules.MIN_SIDE} on its short side."
         )
-    return _encode(clean)
 
 
 def _normalised(image: Image.Image) -> Image.Image:
@@ -105,8 +112,6 @@ def _normalised(image: Image.Image) -> Image.Image:
     if upright.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
         # 16-bit grey: scale to 8 bits (a plain convert would clip everything above 255).
         upright = upright.convert("I").point(lambda v: v * (1 / 257)).convert("L")
-    elif upright.mode == "F":
-        upright = upright.point(lambda v: v * 255).convert("L")
     has_alpha = upright.mode in ("RGBA", "LA", "PA") or (
         upright.mode == "P" and "transparency" in upright.info
     )
