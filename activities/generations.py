@@ -18,6 +18,7 @@ from billing import ledger
 from infra import progress
 from infra.alerts import send_owner_alert, workflow_link
 from infra.database import records
+from infra.storage import keys
 
 TRANSCODE_OPTIONS: dict[str, Any] = {
     "start_to_close_timeout": timedelta(minutes=20),
@@ -110,6 +111,7 @@ class GenerationActivities:
     @activity.defn
     async def transcode(self, job: TranscodeInput) -> CharacterAssets:
         await progress.publish(
+            self.rt.db,
             self.rt.redis,
             job.generation_id,
             event="progress",
@@ -124,7 +126,7 @@ class GenerationActivities:
             self.rt.storage,
             video_key=job.video_key,
             mask_key=job.mask_key,
-            out_prefix=f"characters/{job.character_id}/",
+            out_prefix=keys.character_assets(job.character_id),
             fps=job.fps,
             heartbeat=activity.heartbeat,
         )
@@ -138,7 +140,8 @@ class GenerationActivities:
 
     @activity.defn
     async def complete_generation(self, done: CompleteInput) -> None:
-        """Record the character and the generation's success, then announce it."""
+        """Record the character, the generation's success and its terminal event in one
+        transaction, then announce it."""
         assets = done.assets
         async with self.rt.db.connection() as conn, conn.transaction():
             await records.insert_character(
@@ -163,16 +166,17 @@ class GenerationActivities:
                 step="completed",
                 character_id=UUID(done.character_id),
             )
-        await progress.publish(
-            self.rt.redis,
-            done.generation_id,
-            event="completed",
-            dedupe="terminal",
-            step="completed",
-            message="Your BitBuddy is ready!",
-            percent=100,
-            character_id=done.character_id,
-        )
+            terminal = await progress.append(
+                conn,
+                done.generation_id,
+                event="completed",
+                dedupe="terminal",
+                step="completed",
+                message="Your BitBuddy is ready!",
+                percent=100,
+                character_id=done.character_id,
+            )
+        await progress.announce(self.rt.redis, done.generation_id, terminal)
 
     @activity.defn
     async def refund_token(self, refund: RefundInput) -> RefundResult:
@@ -192,7 +196,7 @@ class GenerationActivities:
 
     @activity.defn
     async def fail_generation(self, failure: FailInput) -> None:
-        """Record the failure, then publish the one terminal event."""
+        """Record the failure and the one terminal event together, then announce it."""
         async with self.rt.db.connection() as conn, conn.transaction():
             await records.finish_generation(
                 conn,
@@ -202,18 +206,19 @@ class GenerationActivities:
                 error=failure.message,
                 error_code=failure.error_code,
             )
-        await progress.publish(
-            self.rt.redis,
-            failure.generation_id,
-            event="failed",
-            dedupe="terminal",
-            step=failure.step,
-            message=failure.message,
-            percent=failure.percent,
-            error_code=failure.error_code,
-            status=failure.status,
-            refunded=failure.refunded,
-        )
+            terminal = await progress.append(
+                conn,
+                failure.generation_id,
+                event="failed",
+                dedupe="terminal",
+                step=failure.step,
+                message=failure.message,
+                percent=failure.percent,
+                error_code=failure.error_code,
+                status=failure.status,
+                refunded=failure.refunded,
+            )
+        await progress.announce(self.rt.redis, failure.generation_id, terminal)
 
     @activity.defn
     async def send_alert(self, alert: AlertInput) -> None:

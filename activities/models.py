@@ -36,7 +36,7 @@ from activities.runtime import Runtime
 from infra import progress
 from infra.database import records
 from infra.falclient import cancel_job, is_refusal, read_result
-from infra.storage import CHUNK_SIZE
+from infra.storage import CHUNK_SIZE, keys
 
 # --- the options the workflow runs each activity with --------------------------------
 
@@ -187,6 +187,7 @@ class ModelActivities:
         submitted, _ = await asyncio.gather(
             self._record_step(step),
             progress.publish(
+                self.rt.db,
                 self.rt.redis,
                 step.generation_id,
                 event="progress",
@@ -279,6 +280,7 @@ class ModelActivities:
             waiting = state.startswith("queued") or last_state.startswith("queued")
             if state != last_state and waiting:
                 await progress.publish(
+                    self.rt.db,
                     self.rt.redis,
                     job.generation_id,
                     event="progress",
@@ -353,7 +355,7 @@ class ModelActivities:
                 if isinstance(value, dict) and isinstance(value.get("url"), str):
                     content_type = value.get("content_type") or "application/octet-stream"
                     ext = mimetypes.guess_extension(content_type) or ".bin"
-                    key = f"generations/{job.generation_id}/{job.step}/{name}{ext}"
+                    key = keys.step_output(job.generation_id, job.step, name + ext)
                     try:
                         await self.rt.storage.write_stream(
                             key, _download(self.rt.http, value["url"]), content_type=content_type

@@ -17,6 +17,8 @@ from infra.falclient import fal_client_from_settings
 from infra.settings import Settings
 from infra.storage import Storage, storage_from_settings
 
+REDIS_TIMEOUT_SECONDS = 5.0
+
 
 @dataclass
 class Runtime:
@@ -33,7 +35,13 @@ class Runtime:
 async def open_runtime(settings: Settings) -> AsyncIterator[Runtime]:
     db = open_pool(settings.database_url, max_size=20)
     await db.open(wait=True)
-    redis = Redis.from_url(settings.redis_url)
+    # Timeouts, so a Redis that hangs (rather than refuses) cannot hold a step up: Redis
+    # only carries wake-ups and liveness beats here, both best effort.
+    redis = Redis.from_url(
+        settings.redis_url,
+        socket_connect_timeout=REDIS_TIMEOUT_SECONDS,
+        socket_timeout=REDIS_TIMEOUT_SECONDS,
+    )
     http = httpx.AsyncClient(timeout=httpx.Timeout(60.0, connect=10.0), follow_redirects=True)
     try:
         yield Runtime(

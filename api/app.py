@@ -74,11 +74,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             concurrency=settings.password_hash_concurrency,
             max_wait=settings.password_hash_max_wait_seconds,
         )
-        app.state.hub = streams.ProgressHub(app.state.redis)
+        app.state.hub = streams.ProgressHub(app.state.redis, app.state.db)
         await app.state.hub.start()
         fal = fal_client_from_settings(settings)
         sweeper = asyncio.create_task(
-            Sweeper(app.state.db, app.state.redis, app.state.temporal, fal, settings).run(),
+            Sweeper(
+                app.state.db, app.state.redis, app.state.temporal, fal, app.state.storage, settings
+            ).run(),
             name="sweeper",
         )
         log.info("API ready at %s", settings.public_url)

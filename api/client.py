@@ -5,6 +5,7 @@ The tests and the benchmarks drive the service through it, so they see what user
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from collections.abc import AsyncIterator
@@ -12,6 +13,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
+
+TERMINAL_EVENTS = frozenset({"completed", "failed"})
 
 
 @dataclass
@@ -88,6 +91,25 @@ class User:
                     continue
                 name, _, value = line.partition(":")
                 current[name] = value[1:] if value.startswith(" ") else value
+
+    async def watch(
+        self, generation_id: str, *, last_event_id: int | None = None, retry_seconds: float = 1.0
+    ) -> list[Event]:
+        """Every event (after ``last_event_id``) up to the terminal one, as a browser's
+        EventSource gets them: a dropped or ended connection is reopened with
+        ``Last-Event-ID``; an error answer ends it for good (raised). Bound it with
+        ``asyncio.timeout``."""
+        seen: list[Event] = []
+        while True:
+            last = seen[-1].id if seen else last_event_id
+            try:
+                async for event in self.follow(generation_id, last_event_id=last):
+                    seen.append(event)
+                    if event.event in TERMINAL_EVENTS:
+                        return seen
+            except httpx.TransportError:
+                pass  # reconnect, as EventSource does
+            await asyncio.sleep(retry_seconds)
 
     async def generation(self, generation_id: str) -> dict[str, Any]:
         response = await self.http.get(f"/v1/generations/{generation_id}", headers=self.headers)

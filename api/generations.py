@@ -40,14 +40,17 @@ from api.errors import (
 from api.schemas import GenerationCreated, GenerationPublic
 from api.uploads import read_photo
 from billing import ledger
+from infra import progress
 from infra.database import records
 from infra.settings import Settings
+from infra.storage import keys
 from workflows.bitbuddy import BitBuddyInput, BitBuddyWorkflow, RenderSpec, RetrySpec
 
 router = APIRouter(prefix="/v1/generations", tags=["generations"])
 log = logging.getLogger("bitbuddies.api")
 Conn = AsyncConnection[dict[str, Any]]
 MAX_IDEMPOTENCY_KEY = 255
+START_FAILED_MESSAGE = "We couldn't start your BitBuddy. Your token has been refunded; try again."
 
 
 def _created(settings: Settings, generation: records.Generation) -> GenerationCreated:
@@ -106,6 +109,8 @@ async def _workflow_exists(client: Client, generation_id: UUID) -> bool | None:
 
 
 async def _undo_charge(conn: Conn, generation: records.Generation, why: str) -> None:
+    """Refund, record the failure and its terminal event in one transaction. Nobody is
+    told through Redis: the caller answers 503, and any stream of it reads the log."""
     async with conn.transaction():
         await ledger.refund(
             conn,
@@ -119,7 +124,19 @@ async def _undo_charge(conn: Conn, generation: records.Generation, why: str) -> 
             status="failed",
             step="queued",
             error_code="unavailable",
-            error="We couldn't start your BitBuddy. Your token has been refunded; try again.",
+            error=START_FAILED_MESSAGE,
+        )
+        await progress.append(
+            conn,
+            str(generation.id),
+            event="failed",
+            dedupe="terminal",
+            step="queued",
+            message=START_FAILED_MESSAGE,
+            percent=0,
+            error_code="unavailable",
+            status="failed",
+            refunded=True,
         )
 
 
@@ -199,7 +216,7 @@ async def create_generation(
             raise PaymentRequired("You have no tokens left.")
 
     generation_id = uuid.uuid4()
-    photo_key = f"generations/{generation_id}/input/photo.{checked.extension}"
+    photo_key = keys.input_photo(generation_id, checked.extension)
     await storage.write_bytes(photo_key, checked.data, content_type=checked.content_type)
     try:
         async with pool.connection() as conn, conn.transaction():

@@ -1,29 +1,38 @@
 """Live progress over Server-Sent Events.
 
-One Redis pattern subscription per API process (`ProgressHub`) wakes every stream that
-process serves; each stream then reads the generation's event log from where its client
-left off. The log, not the pub/sub message, is the source of truth: a client that joins
-late or reconnects with `Last-Event-ID` gets every event it missed, in order, and a
-dropped pub/sub message costs at most one re-read on the next tick.
+The record of progress is PostgreSQL's (``infra.progress``); Redis pub/sub only carries
+each new event to every API process. One ``ProgressHub`` per process keeps a ``Feed`` per
+watched generation (its events from id 1 on, in order) and feeds it from two sources:
+
+- the pub/sub announcement, which carries the event itself, so a stream normally sends it
+  without reading anything;
+- one catch-up query for the whole process: at once for a feed just opened or one that
+  saw a gap in the ids, and every few seconds for every feed still open (every second
+  while the subscription is down), so a lost announcement, a Redis outage or a Redis
+  restarted empty costs a delay, never an event.
+
+A stream only reads its feed: no database connection and no Redis round trip while it
+streams. Its client resumes with `Last-Event-ID`; ids are positions in the durable log,
+so they never name a different event, whatever happened to Redis.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import json
 import logging
 import re
 import uuid
-from collections import defaultdict
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from typing import Annotated, Any
 from uuid import UUID
 
 import anyio
 from fastapi import APIRouter, Header, Query, Request
+from psycopg_pool import AsyncConnectionPool
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from api.deps import ConnDep, CurrentUser, RedisDep
@@ -36,71 +45,186 @@ from infra.database import records
 router = APIRouter(prefix="/v1/generations", tags=["generations"])
 log = logging.getLogger("bitbuddies.streams")
 
-RECHECK_SECONDS = 1.0  # read the log at least this often even without a wake-up
+CATCH_UP_SECONDS = 5.0  # every open feed is compared with the log this often
+DEGRADED_CATCH_UP_SECONDS = 1.0  # ... and this often while the subscription is down
+RESUBSCRIBE_SECONDS = 1.0
 MAX_STREAM_SECONDS = 15 * 60  # then ask the client to reconnect (with Last-Event-ID)
 RETRY_MILLISECONDS = 1000
 RENEW_SECONDS = 20.0  # a live stream renews its place in the per-user limit (60 s lease)
 # Event ids are positions in the log: whole numbers the client echoes back. Anything else
-# (a sign, a fraction, a non-ASCII digit, more than Redis's 64-bit range) is refused
-# with 422 instead of reaching Redis.
+# (a sign, a fraction, a non-ASCII digit, more than PostgreSQL's bigint) is refused with
+# 422 before it reaches a query.
 MAX_EVENT_ID = 2**63 - 1
 RETRY_AFTER_STREAMS = 5  # seconds; a closed stream frees its place at once
 _EVENT_ID = re.compile(r"[0-9]{1,19}")
 
 
-class ProgressHub:
-    """Fans one pub/sub subscription out to every waiting stream in this process."""
+class Feed:
+    """What this process knows of one generation's log: its events from id 1 on, with
+    no gap (an event that arrives ahead of a missing one waits for the catch-up)."""
 
-    def __init__(self, redis: Redis) -> None:
+    def __init__(self) -> None:
+        self.events: list[progress.ProgressEvent] = []
+        self.loaded = False  # the log has been read at least once since the feed opened
+        self.watchers = 0
+        self._changed = asyncio.Event()
+
+    @property
+    def last_id(self) -> int:
+        return len(self.events)
+
+    @property
+    def ended(self) -> bool:
+        return bool(self.events) and self.events[-1].terminal
+
+    @property
+    def changed(self) -> asyncio.Event:
+        """Set at the next change; take it before reading, then wait on it."""
+        return self._changed
+
+    def after(self, position: int) -> list[progress.ProgressEvent]:
+        return self.events[position:]  # ids are positions: event n is events[n - 1]
+
+    def add(self, events: Iterable[progress.ProgressEvent]) -> bool:
+        """Take in events in id order; True when one came ahead of a missing one."""
+        grew = gap = False
+        for event in events:
+            if event.id == self.last_id + 1 and not self.ended:
+                self.events.append(event)
+                grew = True
+            elif event.id > self.last_id + 1:
+                gap = True
+        if grew:
+            self._notify()
+        return gap
+
+    def mark_loaded(self) -> None:
+        if not self.loaded:
+            self.loaded = True
+            self._notify()
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+
+class ProgressHub:
+    """One pub/sub subscription and one catch-up loop per process, feeding every stream
+    the process serves."""
+
+    def __init__(self, redis: Redis, db: AsyncConnectionPool[Any]) -> None:
         self._redis = redis
-        self._waiters: dict[str, set[asyncio.Event]] = defaultdict(set)
-        self._task: asyncio.Task[None] | None = None
+        self._db = db
+        self._feeds: dict[str, Feed] = {}
+        self._behind: set[str] = set()  # feeds to read from the log at the next wake-up
+        self._poke = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self.subscribed = False
 
     async def start(self) -> None:
-        self._task = asyncio.create_task(self._listen(), name="progress-hub")
+        self._tasks = [
+            asyncio.create_task(self._listen(), name="progress-subscription"),
+            asyncio.create_task(self._catch_up_loop(), name="progress-catch-up"),
+        ]
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+                await task
 
     @contextlib.contextmanager
-    def watch(self, generation_id: str) -> Any:
-        event = asyncio.Event()
-        self._waiters[generation_id].add(event)
+    def watch(self, generation_id: str) -> Iterator[Feed]:
+        feed = self._feeds.get(generation_id)
+        if feed is None:
+            feed = self._feeds[generation_id] = Feed()
+            self._wake(generation_id)
+        feed.watchers += 1
         try:
-            yield event
+            yield feed
         finally:
-            waiters = self._waiters.get(generation_id)
-            if waiters is not None:
-                waiters.discard(event)
-                if not waiters:
-                    del self._waiters[generation_id]
+            feed.watchers -= 1
+            if feed.watchers == 0 and self._feeds.get(generation_id) is feed:
+                del self._feeds[generation_id]
+                self._behind.discard(generation_id)
 
     @property
     def watching(self) -> int:
-        return sum(len(w) for w in self._waiters.values())
+        return sum(feed.watchers for feed in self._feeds.values())
+
+    def _wake(self, *generation_ids: str) -> None:
+        self._behind.update(generation_ids)
+        self._poke.set()
 
     async def _listen(self) -> None:
         while True:
             try:
                 async with self._redis.pubsub() as pubsub:
                     await pubsub.psubscribe(progress.CHANNEL_PATTERN)
+                    self.subscribed = True
+                    self._wake(*self._feeds)  # whatever was announced while we were away
                     async for message in pubsub.listen():
-                        if message.get("type") != "pmessage":
-                            continue
-                        channel = message["channel"]
-                        if isinstance(channel, bytes):
-                            channel = channel.decode()
-                        for event in self._waiters.get(channel[len(progress.CHANNEL_PREFIX) :], ()):
-                            event.set()
+                        if message.get("type") == "pmessage":
+                            self._deliver(message["channel"], message["data"])
             except asyncio.CancelledError:
                 raise
-            except Exception:
-                # Streams keep re-reading the log every second meanwhile; nothing is lost.
-                log.exception("progress subscription dropped; reconnecting")
-                await asyncio.sleep(1.0)
+            except Exception as err:
+                if self.subscribed:
+                    log.warning(
+                        "progress subscription lost (%s); catching up from the log every %.0f s",
+                        err.__class__.__name__,
+                        DEGRADED_CATCH_UP_SECONDS,
+                    )
+                self.subscribed = False
+                await asyncio.sleep(RESUBSCRIBE_SECONDS)
+
+    def _deliver(self, channel: bytes | str, data: bytes | str) -> None:
+        if isinstance(channel, bytes):
+            channel = channel.decode()
+        key = channel[len(progress.CHANNEL_PREFIX) :]
+        feed = self._feeds.get(key)
+        if feed is None:
+            return
+        event = progress.ProgressEvent.from_json(data)
+        if event is None:
+            log.warning("ignored an announcement that is not an event", extra={"channel": channel})
+        elif feed.add([event]):
+            self._wake(key)
+
+    async def _catch_up_loop(self) -> None:
+        while True:
+            interval = CATCH_UP_SECONDS if self.subscribed else DEGRADED_CATCH_UP_SECONDS
+            poked = True
+            try:
+                await asyncio.wait_for(self._poke.wait(), interval)
+            except TimeoutError:
+                poked = False
+            self._poke.clear()
+            if poked:
+                keys, self._behind = self._behind & self._feeds.keys(), set()
+            else:
+                keys = {k for k, feed in self._feeds.items() if not feed.ended or not feed.loaded}
+            if keys and not await self._read(keys):
+                self._behind |= keys
+                await asyncio.sleep(DEGRADED_CATCH_UP_SECONDS)
+                self._poke.set()
+
+    async def _read(self, keys: set[str]) -> bool:
+        """Bring these feeds up to the log, in one query; False when it failed."""
+        feeds = {k: self._feeds[k] for k in keys if k in self._feeds}
+        try:
+            async with self._db.connection() as conn:
+                found = await progress.histories(
+                    conn, {k: feed.last_id for k, feed in feeds.items()}
+                )
+        except Exception:
+            log.warning("progress catch-up failed; retrying", exc_info=True)
+            return False
+        for key, feed in feeds.items():
+            feed.add(found.get(key, []))
+            feed.mark_loaded()
+        return True
 
 
 def resume_point(value: str | None, name: str) -> int:
@@ -119,7 +243,8 @@ def _sse(event: progress.ProgressEvent) -> ServerSentEvent:
 
 
 def _from_record(generation: records.Generation) -> progress.ProgressEvent | None:
-    """A terminal event rebuilt from the database when the Redis log is gone (expired)."""
+    """A terminal event rebuilt from the generation's row, for a generation whose log
+    holds no terminal event (one that ended before the log moved to PostgreSQL)."""
     if generation.status not in records.TERMINAL_STATUSES:
         return None
     data: dict[str, Any] = {
@@ -160,66 +285,86 @@ async def generation_events(
     hub: ProgressHub = request.app.state.hub
     limits: Limits = request.app.state.limits
     holder, identity = uuid.uuid4().hex, str(user.id)
-    if limits.enabled and not await limits.streams_per_user.claim(redis, identity, holder):
+    if limits.enabled and not await _claim_stream(limits, redis, identity, holder):
         raise TooManyRequests(
             "You have too many progress streams open; close one and try again.",
             retry_after=RETRY_AFTER_STREAMS,
         )
-    key = str(generation_id)
     # Finish database work before streaming: no connection is held for the stream's life.
     fallback = _from_record(generation)
 
     async def stream() -> AsyncIterator[ServerSentEvent]:
         try:
-            async for event in _events(hub, redis, key, start, fallback, renew):
-                yield event
+            with hub.watch(str(generation_id)) as feed:
+                async for event in _events(feed, start, fallback, renew):
+                    yield event
         finally:
             if limits.enabled:
                 # A client that goes away cancels the stream; the release must still run,
                 # or its place would stay taken until the lease lapses.
                 with anyio.CancelScope(shield=True):
-                    await limits.streams_per_user.release(redis, identity, holder)
+                    await _release_stream(limits, redis, identity, holder)
 
     async def renew() -> None:
         if limits.enabled:
-            await limits.streams_per_user.claim(redis, identity, holder)
+            await _claim_stream(limits, redis, identity, holder)
 
     return EventSourceResponse(stream(), ping=15, send_timeout=30)
 
 
+# The per-user stream limit lives in Redis. While Redis is unreachable it is not
+# enforced: progress must keep flowing through an outage (a browser's EventSource gives
+# up for good on an error answer), and a stream costs little now that it reads nothing.
+
+
+async def _claim_stream(limits: Limits, redis: Redis, identity: str, holder: str) -> bool:
+    try:
+        return await limits.streams_per_user.claim(redis, identity, holder)
+    except (RedisError, OSError) as err:
+        log.warning("stream limit not checked: Redis unavailable (%s)", err.__class__.__name__)
+        return True
+
+
+async def _release_stream(limits: Limits, redis: Redis, identity: str, holder: str) -> None:
+    try:
+        await limits.streams_per_user.release(redis, identity, holder)
+    except (RedisError, OSError):
+        log.warning("stream limit place not released (Redis unavailable); its lease lapses")
+
+
 async def _events(
-    hub: ProgressHub,
-    redis: Redis,
-    key: str,
+    feed: Feed,
     start: int,
     fallback: progress.ProgressEvent | None,
     renew: Callable[[], Awaitable[None]],
 ) -> AsyncIterator[ServerSentEvent]:
-    """One stream's events from ``start`` on, until the terminal one or the time limit.
+    """One stream's events after ``start``, until the terminal one or the time limit.
     ``renew`` keeps the stream's place in the per-user limit while it lives."""
     sent = start
     loop = asyncio.get_running_loop()
     deadline = loop.time() + MAX_STREAM_SECONDS
     renew_at = loop.time() + RENEW_SECONDS
-    with hub.watch(key) as wake:
-        while loop.time() < deadline:
-            if loop.time() >= renew_at:
-                await renew()
-                renew_at = loop.time() + RENEW_SECONDS
-            wake.clear()
-            events = await progress.history(redis, key, after=sent)
-            if not events:
-                state = await progress.log_state(redis, key)
-                if state.terminal_id is not None and sent >= state.terminal_id:
-                    return  # the client already has the terminal event
-                if not state.exists and fallback is not None:
-                    events = [dataclasses.replace(fallback, id=sent + 1)]
-            for event in events:
-                yield _sse(event)
-                sent = event.id
-                if event.terminal:
-                    return
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(wake.wait(), RECHECK_SECONDS)
+    while (now := loop.time()) < deadline:
+        if now >= renew_at:
+            await renew()
+            renew_at = now + RENEW_SECONDS
+        changed = feed.changed
+        events = feed.after(sent)
+        if not events and feed.loaded:
+            if feed.ended and sent >= feed.last_id:
+                return  # the client already has the terminal event
+            if not feed.ended and fallback is not None:
+                events = [
+                    progress.ProgressEvent(
+                        max(sent, feed.last_id) + 1, fallback.event, fallback.data
+                    )
+                ]
+        for event in events:
+            yield _sse(event)
+            sent = event.id
+            if event.terminal:
+                return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(changed.wait(), min(renew_at, deadline) - loop.time())
     # Still running after a long stream: the client reconnects with Last-Event-ID.
     yield ServerSentEvent(comment="reconnect", retry=RETRY_MILLISECONDS)

@@ -11,8 +11,13 @@ Two ways a charged token could otherwise be stranded:
   results), publishes the terminal event and alerts the owner.
 
 Only generations that have not moved for ``stale_queued_seconds`` are looked at, so a
-workflow that is merely slow is never touched (its Temporal status says RUNNING). Every
-API process runs the sweeper; a PostgreSQL advisory lock lets one sweep at a time.
+workflow that is merely slow is never touched (its Temporal status says RUNNING).
+
+The same sweep deletes the working files (the photo and the intermediate results) of
+every generation that ended more than ``files_retention_seconds`` ago; the character's
+assets (under ``characters/``) stay.
+
+Every API process runs the sweeper; a PostgreSQL advisory lock lets one sweep at a time.
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ from infra.alerts import send_owner_alert, workflow_link
 from infra.database import records
 from infra.falclient import cancel_job
 from infra.settings import Settings
+from infra.storage import Storage, keys
 
 log = logging.getLogger("bitbuddies.sweeper")
 
@@ -61,9 +67,11 @@ class Sweeper:
         redis: Redis,
         temporal: Client,
         fal: fal_client.AsyncClient,
+        storage: Storage,
         settings: Settings,
     ) -> None:
         self.db = db
+        self.storage = storage
         self.redis = redis
         self.temporal = temporal
         self.fal = fal
@@ -101,9 +109,23 @@ class Sweeper:
                         await self._settle(conn, generation)
                     seen += len(page)
                     if len(page) < SWEEP_PAGE:
-                        return seen
+                        break
+                await self._discard_working_files(conn)
+                return seen
             finally:
                 await conn.execute("SELECT pg_advisory_unlock(%s)", (SWEEP_LOCK,))
+
+    async def _discard_working_files(self, conn: Any) -> None:
+        retention = timedelta(seconds=self.settings.files_retention_seconds)
+        while ended := await records.generations_with_files_to_discard(
+            conn, retention, limit=SWEEP_PAGE
+        ):
+            for generation_id in ended:
+                deleted = await self.storage.delete_prefix(keys.working_files(generation_id))
+                await records.mark_files_discarded(conn, generation_id)
+                log.info(
+                    "deleted %d working files", deleted, extra={"generation_id": generation_id}
+                )
 
     async def _settle(self, conn: Any, generation: records.Generation) -> None:
         context = {"generation_id": generation.id, "user_id": generation.user_id}
@@ -156,19 +178,20 @@ class Sweeper:
             )
             freed = await records.release_generation_permits(conn, generation.id)
             jobs = await records.provider_jobs_of(conn, generation.id)
+            terminal = await progress.append(
+                conn,
+                str(generation.id),
+                event="failed",
+                dedupe="terminal",
+                step=generation.step or "queued",
+                message=ABANDONED_MESSAGE,
+                percent=0,
+                error_code="internal",
+                status="failed",
+                refunded=refunded,
+            )
         stopped = await self._stop_jobs(jobs, generation)
-        await progress.publish(
-            self.redis,
-            str(generation.id),
-            event="failed",
-            dedupe="terminal",
-            step=generation.step or "queued",
-            message=ABANDONED_MESSAGE,
-            percent=0,
-            error_code="internal",
-            status="failed",
-            refunded=refunded,
-        )
+        await progress.announce(self.redis, str(generation.id), terminal)
         context = {"generation_id": generation.id, "user_id": generation.user_id}
         log.error(
             "settled an abandoned generation: %s (permits freed: %d, provider jobs stopped: %d)",

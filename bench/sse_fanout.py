@@ -53,10 +53,14 @@ ME_TARGET_P99 = 0.200
 # --- publishing: the one place that calls the API's progress module ---------------
 
 
-async def publish_event(redis: Redis, generation_id: str, number: int, *, last: bool) -> None:
-    """Publish event ``number`` of a generation as the workflow would (the last one is
-    terminal, which ends its streams). The data carries the publish time."""
+async def publish_event(
+    db: AsyncConnectionPool[Any], redis: Redis, generation_id: str, number: int, *, last: bool
+) -> None:
+    """Publish event ``number`` of a generation as the workflow would (recorded, then
+    announced; the last one is terminal, which ends its streams). The data carries the
+    publish time, taken before the record is written."""
     await progress.publish(
+        db,
         redis,
         generation_id,
         event="completed" if last else "progress",
@@ -316,7 +320,7 @@ async def run(cfg: services.StackConfig, api_pid: int, args: argparse.Namespace)
         env={"REDIS_URL": cfg.redis_url},
         log_path=cfg.data_dir / "logs" / "bare-sse.log",
     )
-    db = open_pool(cfg.database_url, max_size=2)
+    db = open_pool(cfg.database_url, max_size=10)
     await db.open(wait=True)
     redis = Redis.from_url(cfg.redis_url)
     context = multiprocessing.get_context("spawn")
@@ -343,7 +347,7 @@ async def run(cfg: services.StackConfig, api_pid: int, args: argparse.Namespace)
                 keys=list(generations),
                 path=lambda key: f"/v1/generations/{key}/events",
                 headers=lambda key: generations[key].headers,
-                publish=lambda key, number, last: publish_event(redis, key, number, last=last),
+                publish=lambda key, number, last: publish_event(db, redis, key, number, last=last),
             )
 
         def bare_target(count: int) -> Target:

@@ -35,6 +35,8 @@ TEST_ENV = {
     "BITBUDDIES_SWEEP_INTERVAL_SECONDS": "1",
     # only the sweeper test's backdated generation is old enough; other tests insert rows too
     "BITBUDDIES_STALE_QUEUED_SECONDS": "1800",
+    # tests that look at stored inputs are not raced; tests/test_retention.py backdates
+    "BITBUDDIES_FILES_RETENTION_SECONDS": "3600",
 }
 
 
@@ -92,6 +94,7 @@ class Stack:
     worker: services.Managed
     api: services.Managed
     model_server: services.Managed
+    redis: services.Managed
 
     def restart_worker(self) -> None:
         self.worker.stop()
@@ -104,6 +107,15 @@ class Stack:
         self.api.stop()
         time.sleep(down_seconds)
         self.api.start()
+
+    def crash_redis(self) -> None:
+        """SIGKILL Redis. The test stack's Redis keeps nothing on disk, so it comes back
+        empty, as a cache-tier Redis or one restarted without persistence does."""
+        self.redis.kill()
+        self.redis.stop()
+
+    def start_redis(self) -> None:
+        self.redis.start()
 
     def crash_model_server(self, down_seconds: float) -> None:
         """SIGKILL the model server (nothing saved on the way down), leave it down, start
@@ -126,6 +138,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             worker=by_name["worker"],
             api=by_name["api"],
             model_server=by_name["model-server"],
+            redis=by_name["redis"],
         )
         try:
             yield stack

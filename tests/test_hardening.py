@@ -106,8 +106,9 @@ async def test_waking_streams_share_a_bounded_set_of_redis_connections(
             try:
                 await asyncio.sleep(3.0)  # every stream is open and waiting
                 assert not any(s.done() for s in streams)
-                for n in range(3):  # every stream reads the log at once, three times
+                for n in range(3):  # every stream wakes at once, three times
                     await progress.publish(
+                        db,
                         redis,
                         str(waiting),
                         event="progress",

@@ -1,5 +1,6 @@
 """Every SQL query about accounts, generations and characters (the ledger's live in
-``billing/ledger.py``). Functions take a connection so callers own the transaction."""
+``billing/ledger.py``, the progress log's in ``infra/progress.py``). Functions take a
+connection so callers own the transaction."""
 
 from __future__ import annotations
 
@@ -182,6 +183,25 @@ async def finish_generation(
     found = await generation(conn, generation_id)
     assert found is not None
     return found
+
+
+async def generations_with_files_to_discard(
+    conn: Conn, ended_before: timedelta, *, limit: int
+) -> list[UUID]:
+    """Ended generations (longest ended first) whose working files are still stored."""
+    cur = await conn.execute(
+        "SELECT id FROM generations"
+        " WHERE files_discarded_at IS NULL AND status IN ('completed', 'failed', 'cancelled')"
+        " AND updated_at < now() - %s ORDER BY updated_at LIMIT %s",
+        (ended_before, limit),
+    )
+    return [row["id"] for row in await cur.fetchall()]
+
+
+async def mark_files_discarded(conn: Conn, generation_id: UUID) -> None:
+    await conn.execute(
+        "UPDATE generations SET files_discarded_at = now() WHERE id = %s", (generation_id,)
+    )
 
 
 async def stale_open_generations(

@@ -42,6 +42,11 @@ class Storage(Protocol):
         """Idempotent: deleting a missing key is not an error."""
         ...
 
+    async def delete_prefix(self, prefix: str) -> int:
+        """Delete every object whose key starts with ``prefix`` (a folder: it ends with
+        ``/``); return how many there were. Idempotent."""
+        ...
+
     def signed_url(
         self, key: str, *, expires_in: timedelta, content_type: str | None = None
     ) -> str:

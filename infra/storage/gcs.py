@@ -19,7 +19,7 @@ from google.cloud import storage
 from google.cloud.storage.fileio import BlobWriter
 
 from infra.storage.base import CHUNK_SIZE, ObjectNotFound
-from infra.storage.local import run_to_completion, validate_key
+from infra.storage.local import run_to_completion, validate_key, validate_prefix
 
 log = logging.getLogger(__name__)
 
@@ -172,6 +172,15 @@ class GCSStorage:
         blob = self._blob(key)
         with contextlib.suppress(google_exceptions.NotFound):
             await asyncio.to_thread(blob.delete)
+
+    async def delete_prefix(self, prefix: str) -> int:
+        blobs = await asyncio.to_thread(
+            lambda: list(self._client.list_blobs(self._bucket, prefix=validate_prefix(prefix)))
+        )
+        for blob in blobs:
+            with contextlib.suppress(google_exceptions.NotFound):
+                await asyncio.to_thread(blob.delete)
+        return len(blobs)
 
     def signed_url(
         self, key: str, *, expires_in: timedelta, content_type: str | None = None

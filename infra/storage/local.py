@@ -50,6 +50,15 @@ def validate_key(key: str) -> str:
     return key
 
 
+def validate_prefix(prefix: str) -> str:
+    """A folder of keys: a valid key followed by ``/`` (so ``generations/1/`` never
+    reaches ``generations/10/``)."""
+    if not isinstance(prefix, str) or not prefix.endswith("/"):
+        raise ValueError(f"invalid storage prefix (a folder ends with '/'): {prefix!r}")
+    validate_key(prefix[:-1])
+    return prefix
+
+
 def _signature(key: str, expires: int, secret: str) -> str:
     message = f"{key}\n{expires}".encode()
     return hmac.new(secret.encode(), message, hashlib.sha256).hexdigest()
@@ -170,6 +179,23 @@ class LocalStorage:
         with contextlib.suppress(FileNotFoundError, NotADirectoryError):
             await asyncio.to_thread(path.unlink)
         await asyncio.to_thread(self._prune, path.parent)
+
+    async def delete_prefix(self, prefix: str) -> int:
+        folder = self.root / validate_prefix(prefix)[:-1]
+        return await asyncio.to_thread(self._delete_tree, folder)
+
+    def _delete_tree(self, folder: Path) -> int:
+        if not folder.is_dir():
+            return 0
+        files = [p for p in folder.rglob("*") if p.is_file() or p.is_symlink()]
+        for path in files:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+        for sub in sorted((p for p in folder.rglob("*") if p.is_dir()), reverse=True):
+            with contextlib.suppress(OSError):
+                sub.rmdir()
+        self._prune(folder)
+        return len(files)
 
     def _prune(self, folder: Path) -> None:
         """Remove the folders a delete left empty, up to ``root``: like GCS, where a

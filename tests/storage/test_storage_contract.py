@@ -119,6 +119,21 @@ async def test_exists_size_and_idempotent_delete(backend: Storage, prefix: str) 
         await backend.size(key)
 
 
+async def test_delete_prefix_removes_one_folder_and_nothing_beside_it(
+    backend: Storage, prefix: str
+) -> None:
+    kept = [f"{prefix}/g/10/input/photo.jpg", f"{prefix}/g/1.txt", f"{prefix}/c/1/a.webm"]
+    gone = [f"{prefix}/g/1/input/photo.jpg", f"{prefix}/g/1/cartoonify/image.png"]
+    for key in kept + gone:
+        await backend.write_bytes(key, b"x", content_type="application/octet-stream")
+    assert await backend.delete_prefix(f"{prefix}/g/1/") == 2
+    assert await backend.delete_prefix(f"{prefix}/g/1/") == 0
+    assert [await backend.exists(k) for k in gone] == [False, False]
+    assert [await backend.exists(k) for k in kept] == [True, True, True]
+    with pytest.raises(ValueError):
+        await backend.delete_prefix(f"{prefix}/g/1")  # not a folder: would reach g/10
+
+
 async def test_local_delete_leaves_no_empty_folders(tmp_path: Path) -> None:
     store = LocalStorage(tmp_path / "store", public_url=PUBLIC_URL, signing_secret=SECRET)
     await store.write_bytes("g/1/input/photo.jpg", b"x", content_type="image/jpeg")
