@@ -6,9 +6,10 @@ Two ways a charged token could otherwise be stranded:
   stays ``queued`` with nothing running. The sweeper starts it (safe to repeat: the
   workflow id is the generation id); if Temporal refuses, the token is refunded.
 - The workflow ends without running its own cleanup (terminated by an operator, or timed
-  out): the sweeper refunds the token, records the failure, frees the permits of its
-  recorded provider jobs and asks the provider to stop them (nobody will fetch their
-  results), publishes the terminal event and alerts the owner.
+  out): the sweeper refunds the token, records the failure with its terminal event,
+  asks the provider to stop its recorded jobs (nobody will fetch their results), frees
+  their permits once every job is known to be over (a job the provider could not be
+  asked about keeps its permit until a later sweep can), and alerts the owner.
 
 Only generations that have not moved for ``stale_queued_seconds`` are looked at, so a
 workflow that is merely slow is never touched (its Temporal status says RUNNING).
@@ -27,6 +28,7 @@ import contextlib
 import logging
 from datetime import timedelta
 from typing import Any
+from uuid import UUID
 
 import fal_client
 from psycopg_pool import AsyncConnectionPool
@@ -49,6 +51,9 @@ log = logging.getLogger("bitbuddies.sweeper")
 
 SWEEP_LOCK = 0x6269_7473  # pg_try_advisory_lock key: one sweeper at a time
 SWEEP_PAGE = 100
+# fal-client retries an unreachable provider for about half a minute; a sweep moves on
+# sooner and asks again next time.
+STOP_JOB_SECONDS = 5.0
 ABANDONED_MESSAGE = "Something went wrong while making your BitBuddy. Your token has been refunded."
 # A workflow that closed in one of these without its generation being settled skipped its
 # own cleanup. COMPLETED is not here: it records the character before it completes.
@@ -110,6 +115,7 @@ class Sweeper:
                     seen += len(page)
                     if len(page) < SWEEP_PAGE:
                         break
+                await self._free_permits_of_ended(conn)
                 await self._discard_working_files(conn)
                 return seen
             finally:
@@ -156,7 +162,8 @@ class Sweeper:
     async def _abandon(
         self, conn: Any, generation: records.Generation, why: str, run_id: str | None
     ) -> None:
-        """Refund (at most once per charge, whoever else refunds), record, free, announce."""
+        """Refund (at most once per charge, whoever else refunds), record and announce the
+        failure, then stop its provider jobs and free their permits."""
         async with conn.transaction():
             try:
                 await ledger.refund(
@@ -176,8 +183,6 @@ class Sweeper:
                 error=ABANDONED_MESSAGE,
                 error_code="internal",
             )
-            freed = await records.release_generation_permits(conn, generation.id)
-            jobs = await records.provider_jobs_of(conn, generation.id)
             terminal = await progress.append(
                 conn,
                 str(generation.id),
@@ -190,8 +195,8 @@ class Sweeper:
                 status="failed",
                 refunded=refunded,
             )
-        stopped = await self._stop_jobs(jobs, generation)
         await progress.announce(self.redis, str(generation.id), terminal)
+        stopped, freed = await self._free_permits(conn, generation.id)
         context = {"generation_id": generation.id, "user_id": generation.user_id}
         log.error(
             "settled an abandoned generation: %s (permits freed: %d, provider jobs stopped: %d)",
@@ -213,22 +218,47 @@ class Sweeper:
             url=workflow_link(self.settings, str(generation.id), run_id),
         )
 
-    async def _stop_jobs(self, jobs: list[tuple[str, str]], generation: records.Generation) -> int:
-        """Cancel every recorded job (finished ones just say so); return how many stopped.
+    async def _free_permits(self, conn: Any, generation_id: UUID) -> tuple[int, int]:
+        """Stop the jobs that still hold an ended generation's provider permits, freeing
+        each permit once its job is known to be over; return (jobs stopped, permits freed).
 
-        Best effort: the generation is settled already, and a job that cannot be stopped
-        only runs to its end unused. Failures are logged for the operator.
+        Known to be over: stopped now, or the provider says it already finished or never
+        knew it. A job that may still run at the provider keeps its permit, or the cap
+        would be exceeded; one the provider could not be asked about (unreachable, erring)
+        is logged and tried again at the next sweep (``_free_permits_of_ended``). A permit
+        with no job recorded under it cannot be asked about at all (the worker died
+        between sending the job and recording it) and is freed.
         """
-        stopped = 0
-        for app, request_id in jobs:
+        stopped, over = 0, []
+        for permit in await records.generation_permits(conn, generation_id):
+            if permit.app is None or permit.request_id is None:
+                over.append(permit.holder)
+                continue
             try:
-                stopped += await cancel_job(self.fal, app, request_id)
-            except Exception:
-                log.warning(
-                    "could not stop %s job %s",
-                    app,
-                    request_id,
-                    exc_info=True,
-                    extra={"generation_id": generation.id, "user_id": generation.user_id},
+                stopped += await asyncio.wait_for(
+                    cancel_job(self.fal, permit.app, permit.request_id), STOP_JOB_SECONDS
                 )
-        return stopped
+            except Exception:  # unreachable, erring, or slower than STOP_JOB_SECONDS
+                log.warning(
+                    "could not stop %s job %s; its permit is kept until it can be",
+                    permit.app,
+                    permit.request_id,
+                    exc_info=True,
+                    extra={"generation_id": generation_id},
+                )
+                continue
+            over.append(permit.holder)
+        return stopped, await records.release_permits(conn, over) if over else 0
+
+    async def _free_permits_of_ended(self, conn: Any) -> None:
+        """Permits still held by ended generations: their jobs could not be stopped at
+        an earlier sweep."""
+        for generation_id in await records.ended_generations_holding_permits(conn):
+            stopped, freed = await self._free_permits(conn, generation_id)
+            if freed:
+                log.info(
+                    "freed %d permits of an ended generation (%d jobs stopped)",
+                    freed,
+                    stopped,
+                    extra={"generation_id": generation_id},
+                )

@@ -185,8 +185,49 @@ async def test_a_terminated_generation_is_settled_by_the_sweeper(
     assert (await user.generation(generation_id))["status"] == "failed"
     assert await user.balance() == 3
     assert await ledger_kinds(db, generation_id) == ["charge", "refund"]
-    assert await permits_held(db) == 0
-    assert await _animate_statuses(models) == ["CANCELLED"]  # nobody would fetch its result
+
+    async def stopped_then_freed() -> bool:  # right after the terminal event, same sweep
+        # nobody would fetch its result
+        return await _animate_statuses(models) == ["CANCELLED"] and await permits_held(db) == 0
+
+    await _wait_for(stopped_then_freed, timeout=10)
+
+
+async def test_a_job_the_sweeper_cannot_stop_keeps_its_permit_until_it_can(
+    stack: Stack,
+    http: httpx.AsyncClient,
+    db: AsyncConnectionPool,  # type: ignore[type-arg]
+    models: httpx.AsyncClient,
+) -> None:
+    """A permit of a job that may still run at the provider is never handed on: with the
+    model server down, the sweeper settles the generation but keeps the permit, and
+    frees it once the job can be stopped."""
+    user, generation_id = await _start_slow_generation(http, models, seconds=30)
+    temporal = await Client.connect(stack.cfg.temporal_address)
+    await temporal.get_workflow_handle(generation_id).terminate(reason="operator")
+    stack.model_server.kill()
+    stack.model_server.stop()
+    try:
+        async with db.connection() as conn:
+            await conn.execute(
+                "UPDATE generations SET updated_at = now() - interval '1 hour' WHERE id = %s",
+                (uuid.UUID(generation_id),),
+            )
+        events = await asyncio.wait_for(user.events(generation_id), 60)
+        assert events[-1].event == "failed" and events[-1].data["refunded"] is True
+        # Past the sweeper's patience with the provider (5 s), and a few sweeps more.
+        await asyncio.sleep(8)
+        assert await permits_held(db) == 1
+    finally:
+        stack.model_server.start()
+
+    async def freed() -> bool:
+        return await permits_held(db) == 0
+
+    await _wait_for(freed, timeout=30)
+    # Resumed from its queue on disk after the restart, then stopped (or already done).
+    assert (await _animate_statuses(models))[-1] in ("CANCELLED", "COMPLETED")
+    assert await ledger_kinds(db, generation_id) == ["charge", "refund"]
 
 
 async def test_the_sweeper_pages_past_generations_that_are_still_running(
