@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import re
 import uuid
@@ -237,9 +236,7 @@ def resume_point(value: str | None, name: str) -> int:
 
 
 def _sse(event: progress.ProgressEvent) -> ServerSentEvent:
-    return ServerSentEvent(
-        data=json.dumps(event.data, separators=(",", ":")), event=event.event, id=str(event.id)
-    )
+    return ServerSentEvent(data=event.data_json, event=event.event, id=str(event.id))
 
 
 def _from_record(generation: records.Generation) -> progress.ProgressEvent | None:
@@ -365,6 +362,8 @@ async def _events(
             if event.terminal:
                 return
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(changed.wait(), min(renew_at, deadline) - loop.time())
+            # (a timeout scope, not wait_for: no task per wake-up per stream)
+            async with asyncio.timeout_at(min(renew_at, deadline)):
+                await changed.wait()
     # Still running after a long stream: the client reconnects with Last-Event-ID.
     yield ServerSentEvent(comment="reconnect", retry=RETRY_MILLISECONDS)

@@ -23,6 +23,7 @@ import json
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any, Literal
 from uuid import UUID
 
@@ -54,6 +55,11 @@ class ProgressEvent:
     @property
     def terminal(self) -> bool:
         return self.event in TERMINAL
+
+    @cached_property
+    def data_json(self) -> str:
+        """``data`` as a stream sends it, serialised once however many streams send it."""
+        return json.dumps(self.data, separators=(",", ":"))
 
     def to_json(self) -> str:
         return json.dumps(

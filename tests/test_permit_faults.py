@@ -14,11 +14,12 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Awaitable, Callable
+from datetime import timedelta
 
 import httpx
-import pytest
 from psycopg_pool import AsyncConnectionPool
 
+from activities.permits import get_globally_cached_semaphore
 from api.client import signup
 from billing import ledger
 from infra import services
@@ -62,9 +63,6 @@ async def _sample_in_flight(models: httpx.AsyncClient, peaks: Counter[str]) -> N
         await asyncio.sleep(0.1)
 
 
-@pytest.mark.skip(
-    reason="times out waiting on the merged main (passes on its own branch); next session"
-)
 async def test_a_lease_outlived_by_its_queued_job_is_not_handed_to_another_job(
     stack: Stack,
     http: httpx.AsyncClient,
@@ -74,7 +72,16 @@ async def test_a_lease_outlived_by_its_queued_job_is_not_handed_to_another_job(
     _start_worker(stack, LEASE_SECONDS)
     peaks: Counter[str] = Counter()
     sampler = asyncio.create_task(_sample_in_flight(models, peaks))
+    # The test holds every animate permit until all CAP + 1 generations wait for one. The
+    # model server runs StackConfig.model_workers (2, the cap) jobs at once, so while the
+    # CAP held animate jobs run nothing else runs there: a generation whose segment-image
+    # was still queued behind them would reach animate only after HOLD_SECONDS. Left to
+    # the workflows' timing, that happened in about one run in three.
+    animate = get_globally_cached_semaphore(name=ANIMATE, max_concurrency=CAP)
+    gate = [f"test-gate:{uuid.uuid4()}" for _ in range(CAP)]
     try:
+        for holder in gate:  # fails if an animate permit is held already
+            assert await animate.try_acquire(db, holder, timedelta(minutes=15))
         fault = {"app": ANIMATE, "kind": "delay", "times": CAP, "seconds": HOLD_SECONDS}
         (await models.post("/_local/faults", json=fault)).raise_for_status()
         users = [await signup(http) for _ in range(CAP + 1)]
@@ -83,20 +90,32 @@ async def test_a_lease_outlived_by_its_queued_job_is_not_handed_to_another_job(
         ids = [r.json()["id"] for r in responses]
         streams = [asyncio.create_task(u.events(i)) for u, i in zip(users, ids, strict=True)]
 
-        async def one_more_waits_for_animate() -> bool:
-            records = (await models.get("/_local/requests")).json()
-            running = [r for r in records if r["app"] == ANIMATE and r["status"] == "IN_PROGRESS"]
+        async def at_animate() -> int:
             async with db.connection() as conn:
                 cur = await conn.execute(
                     "SELECT count(*) AS n FROM generations WHERE id = ANY(%s) AND step = 'animate'",
                     ([uuid.UUID(i) for i in ids],),
                 )
                 row = await cur.fetchone()
-            return len(running) == CAP and row is not None and row["n"] == CAP + 1
+            return int(row["n"]) if row else 0
+
+        async def all_wait_for_animate() -> bool:
+            return await at_animate() == CAP + 1
+
+        await _wait_for(all_wait_for_animate, timeout=240)
+        records = (await models.get("/_local/requests")).json()
+        assert [r for r in records if r["app"] == ANIMATE] == []  # nobody passed the gate
+        for holder in gate:
+            await animate.release(db, holder)
+
+        async def one_more_waits_for_animate() -> bool:
+            records = (await models.get("/_local/requests")).json()
+            running = [r for r in records if r["app"] == ANIMATE and r["status"] == "IN_PROGRESS"]
+            return len(running) == CAP and await at_animate() == CAP + 1
 
         # CAP animate jobs run at the provider holding every permit; one more generation
         # waits for a permit inside its submit.
-        await _wait_for(one_more_waits_for_animate, timeout=240)
+        await _wait_for(one_more_waits_for_animate, timeout=60)
         stack.worker.kill()  # SIGKILL: no cleanup; its polls and its waiting submit die
 
         await asyncio.sleep(OUTAGE_SECONDS)
@@ -122,6 +141,8 @@ async def test_a_lease_outlived_by_its_queued_job_is_not_handed_to_another_job(
 
         results = await asyncio.wait_for(asyncio.gather(*streams), 240)
     finally:
+        for holder in gate:
+            await animate.release(db, holder)
         sampler.cancel()
         await models.post("/_local/stall", json={"seconds": 0})
         stack.restart_worker()  # the session's own settings again
