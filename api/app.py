@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -83,6 +84,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             ).run(),
             name="sweeper",
         )
+        # Everything made so far (modules, clients, pools) lives as long as the process:
+        # keep it out of the collector's full passes, which otherwise walk it all and
+        # stall every stream and request while they do.
+        gc.freeze()
         log.info("API ready at %s", settings.public_url)
         try:
             yield

@@ -31,7 +31,6 @@ import anyio
 from fastapi import APIRouter, Header, Query, Request
 from psycopg_pool import AsyncConnectionPool
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from api.deps import ConnDep, CurrentUser, RedisDep
@@ -47,6 +46,9 @@ log = logging.getLogger("bitbuddies.streams")
 CATCH_UP_SECONDS = 5.0  # every open feed is compared with the log this often
 DEGRADED_CATCH_UP_SECONDS = 1.0  # ... and this often while the subscription is down
 RESUBSCRIBE_SECONDS = 1.0
+# Every stream wakes at least this often, news or not, to renew its place in the limit
+# and to notice its time limit: one timer per process instead of one per stream.
+TICK_SECONDS = 5.0
 MAX_STREAM_SECONDS = 15 * 60  # then ask the client to reconnect (with Last-Event-ID)
 RETRY_MILLISECONDS = 1000
 RENEW_SECONDS = 20.0  # a live stream renews its place in the per-user limit (60 s lease)
@@ -102,6 +104,10 @@ class Feed:
             self.loaded = True
             self._notify()
 
+    def tick(self) -> None:
+        """Wake the streams with no news, so they can keep their own time."""
+        self._notify()
+
     def _notify(self) -> None:
         self._changed.set()
         self._changed = asyncio.Event()
@@ -124,6 +130,7 @@ class ProgressHub:
         self._tasks = [
             asyncio.create_task(self._listen(), name="progress-subscription"),
             asyncio.create_task(self._catch_up_loop(), name="progress-catch-up"),
+            asyncio.create_task(self._tick_loop(), name="progress-tick"),
         ]
 
     async def stop(self) -> None:
@@ -190,6 +197,12 @@ class ProgressHub:
             log.warning("ignored an announcement that is not an event", extra={"channel": channel})
         elif feed.add([event]):
             self._wake(key)
+
+    async def _tick_loop(self) -> None:
+        while True:
+            await asyncio.sleep(TICK_SECONDS)
+            for feed in list(self._feeds.values()):
+                feed.tick()
 
     async def _catch_up_loop(self) -> None:
         while True:
@@ -282,7 +295,7 @@ async def generation_events(
     hub: ProgressHub = request.app.state.hub
     limits: Limits = request.app.state.limits
     holder, identity = uuid.uuid4().hex, str(user.id)
-    if limits.enabled and not await _claim_stream(limits, redis, identity, holder):
+    if limits.enabled and not await limits.streams_per_user.claim(redis, identity, holder):
         raise TooManyRequests(
             "You have too many progress streams open; close one and try again.",
             retry_after=RETRY_AFTER_STREAMS,
@@ -296,37 +309,17 @@ async def generation_events(
                 async for event in _events(feed, start, fallback, renew):
                     yield event
         finally:
+            # A client that goes away cancels the stream; the release must still run, or
+            # its place would stay taken until the lease lapses.
             if limits.enabled:
-                # A client that goes away cancels the stream; the release must still run,
-                # or its place would stay taken until the lease lapses.
                 with anyio.CancelScope(shield=True):
-                    await _release_stream(limits, redis, identity, holder)
+                    await limits.streams_per_user.release(redis, identity, holder)
 
     async def renew() -> None:
         if limits.enabled:
-            await _claim_stream(limits, redis, identity, holder)
+            await limits.streams_per_user.claim(redis, identity, holder)
 
     return EventSourceResponse(stream(), ping=15, send_timeout=30)
-
-
-# The per-user stream limit lives in Redis. While Redis is unreachable it is not
-# enforced: progress must keep flowing through an outage (a browser's EventSource gives
-# up for good on an error answer), and a stream costs little now that it reads nothing.
-
-
-async def _claim_stream(limits: Limits, redis: Redis, identity: str, holder: str) -> bool:
-    try:
-        return await limits.streams_per_user.claim(redis, identity, holder)
-    except (RedisError, OSError) as err:
-        log.warning("stream limit not checked: Redis unavailable (%s)", err.__class__.__name__)
-        return True
-
-
-async def _release_stream(limits: Limits, redis: Redis, identity: str, holder: str) -> None:
-    try:
-        await limits.streams_per_user.release(redis, identity, holder)
-    except (RedisError, OSError):
-        log.warning("stream limit place not released (Redis unavailable); its lease lapses")
 
 
 async def _events(
@@ -361,9 +354,7 @@ async def _events(
             sent = event.id
             if event.terminal:
                 return
-        with contextlib.suppress(TimeoutError):
-            # (a timeout scope, not wait_for: no task per wake-up per stream)
-            async with asyncio.timeout_at(min(renew_at, deadline)):
-                await changed.wait()
+        # No timer per stream: the hub wakes every feed at least every TICK_SECONDS.
+        await changed.wait()
     # Still running after a long stream: the client reconnects with Last-Event-ID.
     yield ServerSentEvent(comment="reconnect", retry=RETRY_MILLISECONDS)

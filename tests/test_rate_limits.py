@@ -147,3 +147,30 @@ async def test_open_streams_per_user_hold_across_processes_and_free_on_close(
             await again.aread()
             await asyncio.sleep(0.1)
         assert again.status_code == 200, again.text
+
+
+async def test_while_redis_is_down_the_limits_step_aside_and_nothing_errs(
+    stack: Stack, http: httpx.AsyncClient, clients: list[httpx.AsyncClient]
+) -> None:
+    """Limits live in Redis; an outage must not turn sign-ups, log-ins, starts and
+    streams into errors (a browser's EventSource gives up for good on one). This
+    address's sign-up quota is spent by the tests above; it is not checked meanwhile."""
+    user = dataclasses.replace(await signup(http), http=clients[0])
+    stack.crash_redis()
+    try:
+        newcomer = await signup(clients[1])
+        login = await clients[0].post(
+            "/v1/auth/login", json={"email": newcomer.email, "password": "correct horse"}
+        )
+        assert login.status_code == 200, login.text
+        wrong = await clients[0].post(
+            "/v1/auth/login", json={"email": newcomer.email, "password": "not it at all"}
+        )
+        assert wrong.status_code == 401, wrong.text
+        started = await user.generate(photo("astronaut.png"))
+        assert started.status_code == 202, started.text
+        events = await asyncio.wait_for(user.watch(started.json()["id"]), 120)
+        assert events[-1].event == "completed"
+        assert [e.id for e in events] == list(range(1, len(events) + 1))
+    finally:
+        stack.start_redis()
