@@ -4,13 +4,11 @@ failure, tell the owner. Each activity is idempotent, so Temporal may retry it f
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
 from temporalio import activity
-from temporalio.common import RetryPolicy
 
 from activities.media import transcode_character
 from activities.runtime import Runtime
@@ -19,96 +17,23 @@ from infra import progress
 from infra.alerts import send_owner_alert, workflow_link
 from infra.database import records
 from infra.storage import keys
-
-TRANSCODE_OPTIONS: dict[str, Any] = {
-    "start_to_close_timeout": timedelta(minutes=20),
-    "heartbeat_timeout": timedelta(seconds=30),
-    "retry_policy": RetryPolicy(maximum_attempts=3, non_retryable_error_types=["TranscodeError"]),
-}
-RECORD_OPTIONS: dict[str, Any] = {
-    "start_to_close_timeout": timedelta(seconds=30),
-    "retry_policy": RetryPolicy(maximum_interval=timedelta(seconds=10), maximum_attempts=0),
-    "schedule_to_close_timeout": timedelta(hours=24),
-}
-# A refund must land: retry (safely, it is idempotent) for up to a day before giving up
-# and telling the owner.
-REFUND_OPTIONS: dict[str, Any] = {
-    "start_to_close_timeout": timedelta(seconds=30),
-    "retry_policy": RetryPolicy(maximum_interval=timedelta(minutes=1), maximum_attempts=0),
-    "schedule_to_close_timeout": timedelta(hours=24),
-}
-ALERT_OPTIONS: dict[str, Any] = {
-    "start_to_close_timeout": timedelta(seconds=30),
-    "retry_policy": RetryPolicy(maximum_attempts=5, maximum_interval=timedelta(seconds=30)),
-}
-
-
-@dataclass
-class TranscodeInput:
-    generation_id: str
-    character_id: str
-    video_key: str
-    mask_key: str
-    fps: int
-    percent: int
-
-
-@dataclass
-class CharacterAssets:
-    webm_key: str
-    webp_key: str
-    png_key: str
-    width: int
-    height: int
-
-
-@dataclass
-class CompleteInput:
-    generation_id: str
-    user_id: str
-    character_id: str
-    prompt: str
-    assets: CharacterAssets
-
-
-@dataclass
-class RefundInput:
-    generation_id: str
-    idempotency_key: str
-    reason: str
-
-
-@dataclass
-class RefundResult:
-    refunded: bool
-    ledger_entry_id: int | None
-
-
-@dataclass
-class FailInput:
-    generation_id: str
-    status: str  # failed | cancelled
-    step: str
-    error_code: str
-    message: str
-    refunded: bool
-    percent: int
-
-
-@dataclass
-class AlertInput:
-    title: str
-    message: str
-    workflow_id: str
-    run_id: str
-    user_id: str
+from workflows import contract
+from workflows.contract import (
+    AlertInput,
+    CharacterAssets,
+    CompleteInput,
+    FailInput,
+    RefundInput,
+    RefundResult,
+    TranscodeInput,
+)
 
 
 class GenerationActivities:
     def __init__(self, runtime: Runtime) -> None:
         self.rt = runtime
 
-    @activity.defn
+    @activity.defn(name=contract.TRANSCODE)
     async def transcode(self, job: TranscodeInput) -> CharacterAssets:
         await progress.publish(
             self.rt.db,
@@ -138,7 +63,7 @@ class GenerationActivities:
             height=files.height,
         )
 
-    @activity.defn
+    @activity.defn(name=contract.COMPLETE_GENERATION)
     async def complete_generation(self, done: CompleteInput) -> None:
         """Record the character, the generation's success and its terminal event in one
         transaction, then announce it."""
@@ -172,13 +97,13 @@ class GenerationActivities:
                 event="completed",
                 dedupe="terminal",
                 step="completed",
-                message="Your BitBuddy is ready!",
+                message=contract.READY,
                 percent=100,
                 character_id=done.character_id,
             )
         await progress.announce(self.rt.redis, done.generation_id, terminal)
 
-    @activity.defn
+    @activity.defn(name=contract.REFUND_TOKEN)
     async def refund_token(self, refund: RefundInput) -> RefundResult:
         async with self.rt.db.connection() as conn, conn.transaction():
             try:
@@ -194,7 +119,7 @@ class GenerationActivities:
         activity.logger.info("refunded generation %s (entry %s)", refund.generation_id, entry.id)
         return RefundResult(refunded=True, ledger_entry_id=entry.id)
 
-    @activity.defn
+    @activity.defn(name=contract.FAIL_GENERATION)
     async def fail_generation(self, failure: FailInput) -> None:
         """Record the failure and the one terminal event together, then announce it."""
         async with self.rt.db.connection() as conn, conn.transaction():
@@ -220,7 +145,7 @@ class GenerationActivities:
             )
         await progress.announce(self.rt.redis, failure.generation_id, terminal)
 
-    @activity.defn
+    @activity.defn(name=contract.SEND_ALERT)
     async def send_alert(self, alert: AlertInput) -> None:
         settings = self.rt.settings
         url = workflow_link(settings, alert.workflow_id, alert.run_id)

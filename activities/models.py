@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import mimetypes
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 from uuid import UUID
@@ -19,16 +18,13 @@ from uuid import UUID
 import fal_client
 import httpx
 from temporalio import activity
-from temporalio.common import RetryPolicy
 from temporalio.exceptions import ApplicationError
-from temporalio.workflow import ActivityCancellationType
 
 from activities.model_errors import (
     MODEL_JOB_LOST,
     MODEL_PROVIDER_UNAVAILABLE,
     MODEL_REQUEST_REJECTED,
     MODEL_STEP_SETTLED,
-    NON_RETRYABLE_MODEL_ERRORS,
     job_error_type,
 )
 from activities.permits import get_globally_cached_semaphore
@@ -37,51 +33,8 @@ from infra import progress
 from infra.database import records
 from infra.falclient import cancel_job, is_refusal, read_result
 from infra.storage import CHUNK_SIZE, keys
-
-# --- the options the workflow runs each activity with --------------------------------
-
-# The error types are defined, and classified transient or permanent, in
-# activities/model_errors.py. A failed job is never retried here: resubmitting it is the
-# workflow's decision.
-
-SUBMIT_OPTIONS: dict[str, Any] = {
-    # Waiting for a free permit can take a while under load; the heartbeat proves liveness.
-    "start_to_close_timeout": timedelta(minutes=30),
-    # On cancellation, wait until submit has really stopped, so that cleanup finds the job
-    # it may have just created (release_model_job looks it up by the step's key).
-    "cancellation_type": ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
-    "heartbeat_timeout": timedelta(seconds=10),
-    "retry_policy": RetryPolicy(
-        initial_interval=timedelta(seconds=1),
-        maximum_interval=timedelta(seconds=30),
-        maximum_attempts=10,
-        non_retryable_error_types=NON_RETRYABLE_MODEL_ERRORS,
-    ),
-}
-POLL_HEARTBEAT_TIMEOUT = timedelta(seconds=5)
-POLL_OPTIONS: dict[str, Any] = {
-    # Retry forever, but notice a dead worker within seconds; give up on a job after an hour.
-    "heartbeat_timeout": POLL_HEARTBEAT_TIMEOUT,
-    "start_to_close_timeout": timedelta(minutes=10),
-    "schedule_to_close_timeout": timedelta(hours=1),
-    "retry_policy": RetryPolicy(
-        initial_interval=timedelta(milliseconds=200),
-        maximum_interval=timedelta(seconds=5),
-        maximum_attempts=0,
-        non_retryable_error_types=NON_RETRYABLE_MODEL_ERRORS,
-    ),
-}
-FETCH_OPTIONS: dict[str, Any] = {
-    "start_to_close_timeout": timedelta(minutes=10),
-    "heartbeat_timeout": timedelta(seconds=30),
-    "retry_policy": RetryPolicy(
-        maximum_attempts=5, non_retryable_error_types=NON_RETRYABLE_MODEL_ERRORS
-    ),
-}
-RELEASE_OPTIONS: dict[str, Any] = {
-    "start_to_close_timeout": timedelta(seconds=30),
-    "retry_policy": RetryPolicy(maximum_attempts=10, maximum_interval=timedelta(seconds=10)),
-}
+from workflows import contract
+from workflows.contract import ModelJob, ModelOutput, ModelStepInput, ReleaseInput
 
 # Short jobs are noticed quickly and long ones are not hammered: the wait between status
 # checks starts small and grows to a cap (well inside the poll's heartbeat timeout).
@@ -91,52 +44,6 @@ POLL_BACKOFF = 1.5
 INPUT_URL_TTL = timedelta(hours=2)
 # Well inside fetch's 30 s heartbeat timeout.
 DOWNLOAD_HEARTBEAT_SECONDS = 5.0
-
-
-@dataclass
-class ModelStepInput:
-    generation_id: str
-    user_id: str
-    step: str
-    app: str
-    # fal argument name -> storage key; turned into a URL the provider can fetch
-    files: dict[str, str]
-    params: dict[str, Any]
-    idempotency_key: str
-    message: str
-    percent: int
-    # 0 for the step's first submission; n for its n-th resubmission after a transient
-    # failure, announced to the user with ``retry_message`` instead of ``message``.
-    attempt: int = 0
-    retry_message: str = ""
-
-
-@dataclass
-class ModelJob:
-    generation_id: str
-    user_id: str
-    step: str
-    app: str
-    request_id: str
-    idempotency_key: str
-    message: str
-    percent: int
-    attempt: int = 0  # as in ModelStepInput
-
-
-@dataclass
-class ModelOutput:
-    # result field -> storage key of the file it named
-    files: dict[str, str] = field(default_factory=dict)
-    # every other field of the result, small JSON only
-    data: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass
-class ReleaseInput:
-    app: str
-    idempotency_key: str
-    request_id: str | None = None
 
 
 class ModelActivities:
@@ -165,7 +72,7 @@ class ModelActivities:
             row = await cur.fetchone()
         return row["request_id"] if row else None
 
-    @activity.defn
+    @activity.defn(name=contract.SUBMIT_MODEL_JOB)
     async def submit_model_job(self, step: ModelStepInput) -> ModelJob:
         """Take a permit, then submit; a retry returns the job submitted before."""
         job = ModelJob(
@@ -242,7 +149,7 @@ class ModelActivities:
         job.request_id = handle.request_id
         return job
 
-    @activity.defn
+    @activity.defn(name=contract.POLL_MODEL_JOB)
     async def poll_model_job(self, job: ModelJob) -> None:
         """Wait for the job, heartbeating each poll and keeping the permit's lease alive."""
         semaphore = self._semaphore(job.app)
@@ -327,7 +234,7 @@ class ModelActivities:
             extra={"user_id": job.user_id},
         )
 
-    @activity.defn
+    @activity.defn(name=contract.FETCH_MODEL_RESULT)
     async def fetch_model_result(self, job: ModelJob) -> ModelOutput:
         """Copy the job's files into our storage (streamed) and release the permit."""
         try:
@@ -370,7 +277,7 @@ class ModelActivities:
             await release
         return output
 
-    @activity.defn
+    @activity.defn(name=contract.RELEASE_MODEL_JOB)
     async def release_model_job(self, release: ReleaseInput) -> None:
         """Cleanup after a failed or cancelled step: stop the job if it may still run,
         then give the permit back. Safe to repeat.

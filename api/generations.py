@@ -44,13 +44,13 @@ from infra import progress
 from infra.database import records
 from infra.settings import Settings
 from infra.storage import keys
-from workflows.bitbuddy import BitBuddyInput, BitBuddyWorkflow, RenderSpec, RetrySpec
+from workflows import contract
+from workflows.contract import BitBuddyInput, RenderSpec, RetrySpec
 
 router = APIRouter(prefix="/v1/generations", tags=["generations"])
 log = logging.getLogger("bitbuddies.api")
 Conn = AsyncConnection[dict[str, Any]]
 MAX_IDEMPOTENCY_KEY = 255
-START_FAILED_MESSAGE = "We couldn't start your BitBuddy. Your token has been refunded; try again."
 
 
 def _created(settings: Settings, generation: records.Generation) -> GenerationCreated:
@@ -58,7 +58,7 @@ def _created(settings: Settings, generation: records.Generation) -> GenerationCr
     base = settings.public_url.rstrip("/")
     return GenerationCreated(
         id=generation.id,
-        status=generation.status,  # type: ignore[arg-type]
+        status=generation.status,
         events_url=f"{base}/v1/generations/{generation.id}/events",
     )
 
@@ -90,7 +90,7 @@ async def start_workflow(
     workflow id is the generation id, and a finished run is never started again."""
     with contextlib.suppress(WorkflowAlreadyStartedError):
         await client.start_workflow(
-            BitBuddyWorkflow.run,
+            contract.WORKFLOW_NAME,
             workflow_input(settings, generation),
             id=str(generation.id),
             task_queue=settings.task_queue,
@@ -124,7 +124,7 @@ async def _undo_charge(conn: Conn, generation: records.Generation, why: str) -> 
             status="failed",
             step="queued",
             error_code="unavailable",
-            error=START_FAILED_MESSAGE,
+            error=contract.START_FAILED,
         )
         await progress.append(
             conn,
@@ -132,7 +132,7 @@ async def _undo_charge(conn: Conn, generation: records.Generation, why: str) -> 
             event="failed",
             dedupe="terminal",
             step="queued",
-            message=START_FAILED_MESSAGE,
+            message=contract.START_FAILED,
             percent=0,
             error_code="unavailable",
             status="failed",
@@ -310,7 +310,7 @@ async def get_generation(generation_id: UUID, user: CurrentUser, conn: ConnDep) 
     generation = await owned_generation(conn, generation_id, user.id)
     return GenerationPublic(
         id=generation.id,
-        status=generation.status,  # type: ignore[arg-type]
+        status=generation.status,
         step=generation.step,
         error=generation.error,
         character_id=generation.character_id,

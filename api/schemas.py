@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal
 from uuid import UUID
 
 from pydantic import BaseModel, Field, field_validator, model_validator
 
 from api import text
+from workflows.contract import Status
 
-GenerationStatus = Literal["queued", "running", "completed", "failed", "cancelled"]
+GenerationStatus = Status
 
 
 class SignupCreate(BaseModel):

@@ -39,6 +39,7 @@ from api.generations import owned_generation
 from api.limits import Limits
 from infra import progress
 from infra.database import records
+from workflows.contract import READY, TERMINAL_STATUSES
 
 router = APIRouter(prefix="/v1/generations", tags=["generations"])
 log = logging.getLogger("bitbuddies.streams")
@@ -255,11 +256,11 @@ def _sse(event: progress.ProgressEvent) -> ServerSentEvent:
 def _from_record(generation: records.Generation) -> progress.ProgressEvent | None:
     """A terminal event rebuilt from the generation's row, for a generation whose log
     holds no terminal event (one that ended before the log moved to PostgreSQL)."""
-    if generation.status not in records.TERMINAL_STATUSES:
+    if generation.status not in TERMINAL_STATUSES:
         return None
     data: dict[str, Any] = {
         "step": generation.step or generation.status,
-        "message": generation.error or "Your BitBuddy is ready!",
+        "message": generation.error or READY,
         "percent": 100 if generation.status == "completed" else 0,
     }
     if generation.status == "completed":

@@ -46,6 +46,7 @@ from infra.database import records
 from infra.falclient import cancel_job
 from infra.settings import Settings
 from infra.storage import Storage, keys
+from workflows import contract
 
 log = logging.getLogger("bitbuddies.sweeper")
 
@@ -54,7 +55,6 @@ SWEEP_PAGE = 100
 # fal-client retries an unreachable provider for about half a minute; a sweep moves on
 # sooner and asks again next time.
 STOP_JOB_SECONDS = 5.0
-ABANDONED_MESSAGE = "Something went wrong while making your BitBuddy. Your token has been refunded."
 # A workflow that closed in one of these without its generation being settled skipped its
 # own cleanup. COMPLETED is not here: it records the character before it completes.
 UNSETTLED_ENDINGS = {
@@ -180,7 +180,7 @@ class Sweeper:
                 generation.id,
                 status="failed",
                 step=generation.step,
-                error=ABANDONED_MESSAGE,
+                error=contract.INTERNAL_FAILURE,
                 error_code="internal",
             )
             terminal = await progress.append(
@@ -189,7 +189,7 @@ class Sweeper:
                 event="failed",
                 dedupe="terminal",
                 step=generation.step or "queued",
-                message=ABANDONED_MESSAGE,
+                message=contract.INTERNAL_FAILURE,
                 percent=0,
                 error_code="internal",
                 status="failed",

@@ -31,7 +31,7 @@ from api.client import User, signup
 from bench.bare import TASK_QUEUE, BareWorkflow
 from bench.harness import bare_worker, local_stack, percentile, sample_photo, timed_generation
 from infra import services
-from infra.database.records import TERMINAL_STATUSES
+from workflows.contract import TERMINAL_STATUSES
 
 ENV = {
     "BITBUDDIES_RENDER_SIZE": "256",

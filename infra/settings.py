@@ -14,6 +14,8 @@ from typing import Literal
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from workflows.contract import HOUSEKEEPING_TASK_QUEUE, MAIN_TASK_QUEUE, MEDIA_TASK_QUEUE
+
 LOCAL_SECRET = "local-development-only"  # noqa: S105 - a placeholder, refused in production
 
 
@@ -43,8 +45,9 @@ class Settings(BaseSettings):
     redis_url: str = Field("redis://127.0.0.1:63790/0", validation_alias="REDIS_URL")
     temporal_address: str = Field("127.0.0.1:7233", validation_alias="TEMPORAL_ADDRESS")
     temporal_namespace: str = Field("default", validation_alias="TEMPORAL_NAMESPACE")
-    task_queue: str = "bitbuddies"
-    media_task_queue: str = "bitbuddies-media"
+    task_queue: str = MAIN_TASK_QUEUE
+    media_task_queue: str = MEDIA_TASK_QUEUE
+    housekeeping_task_queue: str = HOUSEKEEPING_TASK_QUEUE
 
     # Models: fal.ai when FAL_KEY is set, else our local queue-protocol server.
     fal_key: SecretStr | None = Field(None, validation_alias="FAL_KEY")

@@ -6,7 +6,6 @@ charged token ends as a delivered character or exactly one refund.
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
@@ -14,34 +13,43 @@ from temporalio import workflow
 from temporalio.exceptions import ActivityError, ApplicationError, is_cancelled_exception
 
 with workflow.unsafe.imports_passed_through():
-    from activities.generations import (
+    from activities.model_errors import is_transient
+    from workflows import contract
+    from workflows.contract import (
         ALERT_OPTIONS,
+        ANALYZE,
+        ANIMATE,
+        CARTOONIFY,
+        EXPAND,
+        FETCH_OPTIONS,
+        NSFW_FILTER,
+        PHOTO_REJECTED,
+        POLL_OPTIONS,
         RECORD_OPTIONS,
         REFUND_OPTIONS,
+        RELEASE_OPTIONS,
+        SEGMENT_IMAGE,
+        SEGMENT_VIDEO,
+        SUBMIT_OPTIONS,
         TRANSCODE_OPTIONS,
+        TRANSCODE_PERCENT,
         AlertInput,
+        BitBuddyInput,
+        BitBuddyResult,
         CharacterAssets,
         CompleteInput,
         FailInput,
-        GenerationActivities,
-        RefundInput,
-        RefundResult,
-        TranscodeInput,
-    )
-    from activities.model_errors import is_transient
-    from activities.models import (
-        FETCH_OPTIONS,
-        POLL_OPTIONS,
-        RELEASE_OPTIONS,
-        SUBMIT_OPTIONS,
-        ModelActivities,
+        GenerationStatus,
         ModelJob,
         ModelOutput,
         ModelStepInput,
+        RefundInput,
+        RefundResult,
         ReleaseInput,
+        Step,
+        TranscodeInput,
     )
 
-PHOTO_REJECTED = "PhotoRejected"
 # Marks histories recorded by code that resubmits a model step after a transient failure.
 # It is consulted only once such a failure has happened, so the command sequence of every
 # path without one is unchanged, and a history recorded before (no marker) replays the
@@ -49,69 +57,11 @@ PHOTO_REJECTED = "PhotoRejected"
 TRANSIENT_RESUBMIT_PATCH = "transient-resubmit"
 
 
-@dataclass(frozen=True)
-class Step:
-    name: str
-    app: str
-    message: str
-    percent: int  # shown when the step starts
-
-
-NSFW_FILTER = Step("nsfw_filter", "bitbuddies/nsfw-filter", "Checking your photo", 0)
-ANALYZE = Step("analyze", "bitbuddies/analyze", "Finding you in the photo", 10)
-CARTOONIFY = Step("cartoonify", "bitbuddies/cartoonify", "Drawing your cartoon", 20)
-EXPAND = Step("expand", "bitbuddies/cartoonify", "Drawing the rest of you", 32)
-SEGMENT_IMAGE = Step("segment_image", "bitbuddies/segment-image", "Cutting out your character", 40)
-ANIMATE = Step("animate", "bitbuddies/animate", "Bringing it to life", 50)
-SEGMENT_VIDEO = Step("segment_video", "bitbuddies/segment-video", "Tracing every frame", 75)
-TRANSCODE_PERCENT = 85
-
-
-@dataclass
-class RenderSpec:
-    size: int = 512
-    fps: int = 24
-    seconds: float = 5.0
-    nsfw_threshold: float = 0.5
-
-
-@dataclass
-class RetrySpec:
-    """How a model step that failed for a transient reason is resubmitted (the defaults
-    are Settings.model_resubmits and Settings.model_resubmit_backoff_seconds)."""
-
-    resubmits: int = 3  # new submissions after the first, at most
-    backoff_seconds: float = 2.0  # wait before the first; doubled before each next one
-
-
-@dataclass
-class BitBuddyInput:
-    generation_id: str
-    user_id: str
-    prompt: str
-    photo_key: str
-    render: RenderSpec
-    media_task_queue: str
-    # A default, so inputs written before this field existed still decode.
-    retry: RetrySpec = field(default_factory=RetrySpec)
-
-
-@dataclass
-class BitBuddyResult:
-    character_id: str
-
-
-@dataclass
-class GenerationStatus:
-    step: str
-    percent: int
-
-
 def _rejected(code: str, message: str) -> ApplicationError:
     return ApplicationError(message, code, type=PHOTO_REJECTED, non_retryable=True)
 
 
-@workflow.defn(name="BitBuddy")
+@workflow.defn(name=contract.WORKFLOW_NAME)
 class BitBuddyWorkflow:
     def __init__(self) -> None:
         self._step = "queued"
@@ -138,14 +88,12 @@ class BitBuddyWorkflow:
 
         nsfw = await self._model(job, NSFW_FILTER, photo, {})
         if float(nsfw.data["nsfw_probability"]) >= render.nsfw_threshold:
-            raise _rejected(
-                "nsfw", "This photo can't be used: it looks like it isn't safe for work."
-            )
+            raise _rejected("nsfw", contract.NSFW_REFUSED)
 
         analysis = await self._model(job, ANALYZE, photo, {"size": render.size})
         if not analysis.data["usable"]:
-            problems = " ".join(analysis.data.get("problems") or ["The photo can't be used."])
-            raise _rejected("unusable_photo", f"This photo can't be used. {problems}")
+            problems = " ".join(analysis.data.get("problems") or [])
+            raise _rejected("unusable_photo", f"{contract.UNUSABLE_PHOTO} {problems}".rstrip())
         faces = analysis.data.get("faces") or []
         face: dict[str, Any] | None = faces[0] if faces else None
 
@@ -187,9 +135,9 @@ class BitBuddyWorkflow:
         )
 
         character_id = str(workflow.uuid4())
-        self._step, self._percent = "transcode", TRANSCODE_PERCENT
-        assets: CharacterAssets = await workflow.execute_activity_method(
-            GenerationActivities.transcode,
+        self._step, self._percent = contract.TRANSCODE_STEP, TRANSCODE_PERCENT
+        assets: CharacterAssets = await workflow.execute_activity(
+            contract.TRANSCODE,
             TranscodeInput(
                 generation_id=job.generation_id,
                 character_id=character_id,
@@ -199,10 +147,11 @@ class BitBuddyWorkflow:
                 percent=TRANSCODE_PERCENT,
             ),
             task_queue=job.media_task_queue,
+            result_type=CharacterAssets,
             **TRANSCODE_OPTIONS,
         )
-        await workflow.execute_activity_method(
-            GenerationActivities.complete_generation,
+        await workflow.execute_activity(
+            contract.COMPLETE_GENERATION,
             CompleteInput(
                 generation_id=job.generation_id,
                 user_id=job.user_id,
@@ -260,8 +209,8 @@ class BitBuddyWorkflow:
         submitted: ModelJob | None = None
         fetched = False
         try:
-            job_handle: ModelJob = await workflow.execute_activity_method(
-                ModelActivities.submit_model_job,
+            job_handle: ModelJob = await workflow.execute_activity(
+                contract.SUBMIT_MODEL_JOB,
                 ModelStepInput(
                     generation_id=job.generation_id,
                     user_id=job.user_id,
@@ -273,25 +222,22 @@ class BitBuddyWorkflow:
                     message=step.message,
                     percent=step.percent,
                     attempt=attempt,
-                    retry_message=(
-                        f"The model hiccuped; trying again ({attempt} of {job.retry.resubmits})…"
-                    ),
+                    retry_message=contract.resubmitting(attempt, job.retry.resubmits),
                 ),
+                result_type=ModelJob,
                 **SUBMIT_OPTIONS,
             )
             submitted = job_handle
-            await workflow.execute_activity_method(
-                ModelActivities.poll_model_job, job_handle, **POLL_OPTIONS
-            )
-            output: ModelOutput = await workflow.execute_activity_method(
-                ModelActivities.fetch_model_result, job_handle, **FETCH_OPTIONS
+            await workflow.execute_activity(contract.POLL_MODEL_JOB, job_handle, **POLL_OPTIONS)
+            output: ModelOutput = await workflow.execute_activity(
+                contract.FETCH_MODEL_RESULT, job_handle, result_type=ModelOutput, **FETCH_OPTIONS
             )
             fetched = True
             return output
         finally:
             if not fetched:
-                await workflow.execute_activity_method(
-                    ModelActivities.release_model_job,
+                await workflow.execute_activity(
+                    contract.RELEASE_MODEL_JOB,
                     ReleaseInput(
                         app=step.app,
                         idempotency_key=key,
@@ -304,28 +250,26 @@ class BitBuddyWorkflow:
         cancelled = isinstance(err, asyncio.CancelledError) or is_cancelled_exception(err)
         rejection = _rejection(err)
         if cancelled:
-            code, message = "cancelled", "Cancelled. Your token has been refunded."
+            code, message = "cancelled", contract.CANCELLED
         elif rejection is not None:
             code, message = rejection
-            message = f"{message} Your token has been refunded."
+            message = f"{message} {contract.REFUNDED}"
         else:
-            code = "internal"
-            message = (
-                "Something went wrong while making your BitBuddy. Your token has been refunded."
-            )
+            code, message = "internal", contract.INTERNAL_FAILURE
         info = workflow.info()
-        refund: RefundResult = await workflow.execute_activity_method(
-            GenerationActivities.refund_token,
+        refund: RefundResult = await workflow.execute_activity(
+            contract.REFUND_TOKEN,
             RefundInput(
                 generation_id=job.generation_id,
                 # Stable across retries of this activity, distinct from every other key.
                 idempotency_key=f"refund:{workflow.uuid4()}",
                 reason=f"{code} at {self._step}: {_describe(err)}",
             ),
+            result_type=RefundResult,
             **REFUND_OPTIONS,
         )
-        await workflow.execute_activity_method(
-            GenerationActivities.fail_generation,
+        await workflow.execute_activity(
+            contract.FAIL_GENERATION,
             FailInput(
                 generation_id=job.generation_id,
                 status="cancelled" if cancelled else "failed",
@@ -338,8 +282,8 @@ class BitBuddyWorkflow:
             **RECORD_OPTIONS,
         )
         if code == "internal":
-            await workflow.execute_activity_method(
-                GenerationActivities.send_alert,
+            await workflow.execute_activity(
+                contract.SEND_ALERT,
                 AlertInput(
                     title=f"BitBuddy failed at {self._step}",
                     message=(

@@ -12,6 +12,8 @@ from uuid import UUID
 
 from psycopg import AsyncConnection
 
+from workflows.contract import TERMINAL_STATUSES, Status
+
 Conn = AsyncConnection[dict[str, Any]]
 
 
@@ -29,7 +31,7 @@ class Generation:
     idempotency_key: str | None
     prompt: str
     photo_key: str
-    status: str
+    status: Status
     step: str | None
     error: str | None
     error_code: str | None
@@ -51,9 +53,6 @@ class Character:
     width: int
     height: int
     created_at: datetime
-
-
-TERMINAL_STATUSES = frozenset({"completed", "failed", "cancelled"})
 
 
 # --- accounts ---------------------------------------------------------------------
@@ -166,7 +165,7 @@ async def finish_generation(
     conn: Conn,
     generation_id: UUID,
     *,
-    status: str,
+    status: Status,
     step: str | None,
     error: str | None = None,
     error_code: str | None = None,

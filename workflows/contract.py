@@ -1,0 +1,343 @@
+"""The BitBuddy workflow's contract: what goes in and out of it and of each activity,
+its names (workflow, activities, task queues), its status vocabulary, its step table,
+the options each activity runs with, and every message a user reads.
+
+The API, the workers and the workflow all import this module and nothing heavier: it
+loads no activity, model, media or provider library (tests/test_import_boundary.py
+holds it to that), so the API can start workflows and read their outcomes without
+them. Payloads are plain dataclasses, serialised by field name: moving one between
+modules changes nothing in a recorded history; renaming a field does.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any, Final, Literal
+
+from temporalio.common import RetryPolicy
+from temporalio.workflow import ActivityCancellationType
+
+from activities.model_errors import NON_RETRYABLE_MODEL_ERRORS
+
+# --- names -----------------------------------------------------------------------
+
+WORKFLOW_NAME: Final = "BitBuddy"
+MAIN_TASK_QUEUE: Final = "bitbuddies"  # the workflow and the model steps
+MEDIA_TASK_QUEUE: Final = "bitbuddies-media"  # ffmpeg work, in its own worker
+# Background work: the Housekeeping workflow, run by a Temporal Schedule.
+HOUSEKEEPING_TASK_QUEUE: Final = "bitbuddies-housekeeping"
+HOUSEKEEPING_WORKFLOW: Final = "Housekeeping"
+HOUSEKEEPING_SCHEDULE: Final = "bitbuddies-housekeeping"  # the schedule's id
+
+# Activity names, as registered by the workers (activities/) and called by the workflow.
+SUBMIT_MODEL_JOB: Final = "submit_model_job"
+POLL_MODEL_JOB: Final = "poll_model_job"
+FETCH_MODEL_RESULT: Final = "fetch_model_result"
+RELEASE_MODEL_JOB: Final = "release_model_job"
+TRANSCODE: Final = "transcode"
+COMPLETE_GENERATION: Final = "complete_generation"
+REFUND_TOKEN: Final = "refund_token"  # noqa: S105 (an activity, not a secret)
+FAIL_GENERATION: Final = "fail_generation"
+SEND_ALERT: Final = "send_alert"
+SWEEP: Final = "sweep"
+
+# --- statuses ---------------------------------------------------------------------
+
+# A generation's status, as stored (migration 0001's CHECK), returned and announced.
+Status = Literal["queued", "running", "completed", "failed", "cancelled"]
+STATUSES: Final[tuple[Status, ...]] = ("queued", "running", "completed", "failed", "cancelled")
+TERMINAL_STATUSES: Final[frozenset[Status]] = frozenset({"completed", "failed", "cancelled"})
+# How a generation that did not complete ended.
+EndedBadly = Literal["failed", "cancelled"]
+
+# --- messages a user reads --------------------------------------------------------
+
+READY: Final = "Your BitBuddy is ready!"
+REFUNDED: Final = "Your token has been refunded."
+NSFW_REFUSED: Final = "This photo can't be used: it looks like it isn't safe for work."
+UNUSABLE_PHOTO: Final = "This photo can't be used."  # followed by the problems found
+CANCELLED: Final = f"Cancelled. {REFUNDED}"
+INTERNAL_FAILURE: Final = f"Something went wrong while making your BitBuddy. {REFUNDED}"
+START_FAILED: Final = f"We couldn't start your BitBuddy. {REFUNDED} Try again."
+
+
+def resubmitting(attempt: int, resubmits: int) -> str:
+    """Shown when a model step is sent again after a transient failure."""
+    return f"The model hiccuped; trying again ({attempt} of {resubmits})…"
+
+
+# --- the steps --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Step:
+    name: str
+    app: str
+    message: str
+    percent: int  # shown when the step starts
+
+
+NSFW_FILTER = Step("nsfw_filter", "bitbuddies/nsfw-filter", "Checking your photo", 0)
+ANALYZE = Step("analyze", "bitbuddies/analyze", "Finding you in the photo", 10)
+CARTOONIFY = Step("cartoonify", "bitbuddies/cartoonify", "Drawing your cartoon", 20)
+EXPAND = Step("expand", "bitbuddies/cartoonify", "Drawing the rest of you", 32)
+SEGMENT_IMAGE = Step("segment_image", "bitbuddies/segment-image", "Cutting out your character", 40)
+ANIMATE = Step("animate", "bitbuddies/animate", "Bringing it to life", 50)
+SEGMENT_VIDEO = Step("segment_video", "bitbuddies/segment-video", "Tracing every frame", 75)
+MODEL_STEPS: Final = (
+    NSFW_FILTER,
+    ANALYZE,
+    CARTOONIFY,
+    EXPAND,
+    SEGMENT_IMAGE,
+    ANIMATE,
+    SEGMENT_VIDEO,
+)
+TRANSCODE_STEP: Final = "transcode"
+TRANSCODE_PERCENT: Final = 85
+
+# The ApplicationError type of a photo the workflow refused (NSFW, unusable).
+PHOTO_REJECTED: Final = "PhotoRejected"
+
+# --- the workflow's input and output -----------------------------------------------
+
+
+@dataclass
+class RenderSpec:
+    size: int = 512
+    fps: int = 24
+    seconds: float = 5.0
+    nsfw_threshold: float = 0.5
+
+
+@dataclass
+class RetrySpec:
+    """How a model step that failed for a transient reason is resubmitted (the defaults
+    are Settings.model_resubmits and Settings.model_resubmit_backoff_seconds)."""
+
+    resubmits: int = 3  # new submissions after the first, at most
+    backoff_seconds: float = 2.0  # wait before the first; doubled before each next one
+
+
+@dataclass
+class BitBuddyInput:
+    generation_id: str
+    user_id: str
+    prompt: str
+    photo_key: str
+    render: RenderSpec
+    media_task_queue: str
+    # A default, so inputs written before this field existed still decode.
+    retry: RetrySpec = field(default_factory=RetrySpec)
+
+
+@dataclass
+class BitBuddyResult:
+    character_id: str
+
+
+@dataclass
+class GenerationStatus:
+    """The workflow's ``status`` query."""
+
+    step: str
+    percent: int
+
+
+# --- model steps: submit, poll, fetch, release ------------------------------------
+
+
+@dataclass
+class ModelStepInput:
+    generation_id: str
+    user_id: str
+    step: str
+    app: str
+    # fal argument name -> storage key; turned into a URL the provider can fetch
+    files: dict[str, str]
+    params: dict[str, Any]
+    idempotency_key: str
+    message: str
+    percent: int
+    # 0 for the step's first submission; n for its n-th resubmission after a transient
+    # failure, announced to the user with ``retry_message`` instead of ``message``.
+    attempt: int = 0
+    retry_message: str = ""
+
+
+@dataclass
+class ModelJob:
+    generation_id: str
+    user_id: str
+    step: str
+    app: str
+    request_id: str
+    idempotency_key: str
+    message: str
+    percent: int
+    attempt: int = 0  # as in ModelStepInput
+
+
+@dataclass
+class ModelOutput:
+    # result field -> storage key of the file it named
+    files: dict[str, str] = field(default_factory=dict)
+    # every other field of the result, small JSON only
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class ReleaseInput:
+    app: str
+    idempotency_key: str
+    request_id: str | None = None
+
+
+# --- the end of a generation --------------------------------------------------------
+
+
+@dataclass
+class TranscodeInput:
+    generation_id: str
+    character_id: str
+    video_key: str
+    mask_key: str
+    fps: int
+    percent: int
+
+
+@dataclass
+class CharacterAssets:
+    webm_key: str
+    webp_key: str
+    png_key: str
+    width: int
+    height: int
+
+
+@dataclass
+class CompleteInput:
+    generation_id: str
+    user_id: str
+    character_id: str
+    prompt: str
+    assets: CharacterAssets
+
+
+@dataclass
+class RefundInput:
+    generation_id: str
+    idempotency_key: str
+    reason: str
+
+
+@dataclass
+class RefundResult:
+    refunded: bool
+    ledger_entry_id: int | None
+
+
+@dataclass
+class FailInput:
+    generation_id: str
+    status: EndedBadly
+    step: str
+    error_code: str
+    message: str
+    refunded: bool
+    percent: int
+
+
+@dataclass
+class AlertInput:
+    title: str
+    message: str
+    workflow_id: str
+    run_id: str
+    user_id: str
+
+
+# --- the options the workflow runs each activity with ----------------------------
+
+# The model error types are defined, and classified transient or permanent, in
+# activities/model_errors.py (pure: the workflow imports it too). A failed job is never
+# retried by its activity: resubmitting it is the workflow's decision.
+
+SUBMIT_OPTIONS: dict[str, Any] = {
+    # Waiting for a free permit can take a while under load; the heartbeat proves liveness.
+    "start_to_close_timeout": timedelta(minutes=30),
+    # On cancellation, wait until submit has really stopped, so that cleanup finds the job
+    # it may have just created (release_model_job looks it up by the step's key).
+    "cancellation_type": ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
+    "heartbeat_timeout": timedelta(seconds=10),
+    "retry_policy": RetryPolicy(
+        initial_interval=timedelta(seconds=1),
+        maximum_interval=timedelta(seconds=30),
+        maximum_attempts=10,
+        non_retryable_error_types=NON_RETRYABLE_MODEL_ERRORS,
+    ),
+}
+POLL_HEARTBEAT_TIMEOUT = timedelta(seconds=5)
+POLL_OPTIONS: dict[str, Any] = {
+    # Retry forever, but notice a dead worker within seconds; give up on a job after an hour.
+    "heartbeat_timeout": POLL_HEARTBEAT_TIMEOUT,
+    "start_to_close_timeout": timedelta(minutes=10),
+    "schedule_to_close_timeout": timedelta(hours=1),
+    "retry_policy": RetryPolicy(
+        initial_interval=timedelta(milliseconds=200),
+        maximum_interval=timedelta(seconds=5),
+        maximum_attempts=0,
+        non_retryable_error_types=NON_RETRYABLE_MODEL_ERRORS,
+    ),
+}
+FETCH_OPTIONS: dict[str, Any] = {
+    "start_to_close_timeout": timedelta(minutes=10),
+    "heartbeat_timeout": timedelta(seconds=30),
+    "retry_policy": RetryPolicy(
+        maximum_attempts=5, non_retryable_error_types=NON_RETRYABLE_MODEL_ERRORS
+    ),
+}
+RELEASE_OPTIONS: dict[str, Any] = {
+    "start_to_close_timeout": timedelta(seconds=30),
+    "retry_policy": RetryPolicy(maximum_attempts=10, maximum_interval=timedelta(seconds=10)),
+}
+TRANSCODE_OPTIONS: dict[str, Any] = {
+    "start_to_close_timeout": timedelta(minutes=20),
+    "heartbeat_timeout": timedelta(seconds=30),
+    "retry_policy": RetryPolicy(maximum_attempts=3, non_retryable_error_types=["TranscodeError"]),
+}
+RECORD_OPTIONS: dict[str, Any] = {
+    "start_to_close_timeout": timedelta(seconds=30),
+    "retry_policy": RetryPolicy(maximum_interval=timedelta(seconds=10), maximum_attempts=0),
+    "schedule_to_close_timeout": timedelta(hours=24),
+}
+# A refund must land: retry (safely, it is idempotent) for up to a day before giving up
+# and telling the owner.
+REFUND_OPTIONS: dict[str, Any] = {
+    "start_to_close_timeout": timedelta(seconds=30),
+    "retry_policy": RetryPolicy(maximum_interval=timedelta(minutes=1), maximum_attempts=0),
+    "schedule_to_close_timeout": timedelta(hours=24),
+}
+ALERT_OPTIONS: dict[str, Any] = {
+    "start_to_close_timeout": timedelta(seconds=30),
+    "retry_policy": RetryPolicy(maximum_attempts=5, maximum_interval=timedelta(seconds=30)),
+}
+
+# One sweep at a time (the schedule skips a run while one is going); a sweep that fails
+# is not retried, the next run sweeps again. The heartbeat notices a dead worker.
+SWEEP_OPTIONS: dict[str, Any] = {
+    "start_to_close_timeout": timedelta(minutes=10),
+    "heartbeat_timeout": timedelta(seconds=30),
+    "retry_policy": RetryPolicy(maximum_attempts=1),
+}
+
+
+# --- housekeeping -------------------------------------------------------------------
+
+
+@dataclass
+class SweepReport:
+    looked_at: int = 0  # stale open generations
+    permits_freed: int = 0
+    files_discarded: int = 0  # generations whose working files were deleted
