@@ -3,8 +3,6 @@ one progress subscription per process, made in the lifespan."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import gc
 import logging
 from collections.abc import AsyncIterator
@@ -21,9 +19,7 @@ from api.errors import install_error_handlers
 from api.limits import Limits
 from api.middleware import MULTIPART_OVERHEAD, BodyLimit, HostGuard, SecurityHeaders
 from api.passwords import Passwords
-from api.sweeper import Sweeper
 from infra.database import open_pool
-from infra.falclient import fal_client_from_settings
 from infra.logging import configure_logging
 from infra.settings import Settings, get_settings
 from infra.storage import storage_from_settings
@@ -77,13 +73,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
         app.state.hub = streams.ProgressHub(app.state.redis, app.state.db)
         await app.state.hub.start()
-        fal = fal_client_from_settings(settings)
-        sweeper = asyncio.create_task(
-            Sweeper(
-                app.state.db, app.state.redis, app.state.temporal, fal, app.state.storage, settings
-            ).run(),
-            name="sweeper",
-        )
         # Everything made so far (modules, clients, pools) lives as long as the process:
         # keep it out of the collector's full passes, which otherwise walk it all and
         # stall every stream and request while they do.
@@ -92,9 +81,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         try:
             yield
         finally:
-            sweeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await sweeper
             await app.state.hub.stop()
             await app.state.redis.aclose()
             await app.state.db.close()

@@ -4,7 +4,6 @@ generation leaves nothing behind: no token spent, no photo kept."""
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import logging
 import uuid
@@ -15,9 +14,6 @@ from fastapi import APIRouter, File, Form, Header, Request, UploadFile, status
 from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 from temporalio.client import Client
-from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
-from temporalio.exceptions import WorkflowAlreadyStartedError
-from temporalio.service import RPCError, RPCStatusCode
 
 from api import limits, text
 from api.deps import (
@@ -40,12 +36,10 @@ from api.errors import (
 from api.schemas import GenerationCreated, GenerationPublic
 from api.uploads import read_photo
 from billing import ledger
-from infra import progress
 from infra.database import records
 from infra.settings import Settings
 from infra.storage import keys
-from workflows import contract
-from workflows.contract import BitBuddyInput, RenderSpec, RetrySpec
+from workflows import lifecycle
 
 router = APIRouter(prefix="/v1/generations", tags=["generations"])
 log = logging.getLogger("bitbuddies.api")
@@ -61,83 +55,6 @@ def _created(settings: Settings, generation: records.Generation) -> GenerationCr
         status=generation.status,
         events_url=f"{base}/v1/generations/{generation.id}/events",
     )
-
-
-def workflow_input(settings: Settings, generation: records.Generation) -> BitBuddyInput:
-    return BitBuddyInput(
-        generation_id=str(generation.id),
-        user_id=str(generation.user_id),
-        prompt=generation.prompt,
-        photo_key=generation.photo_key,
-        render=RenderSpec(
-            size=settings.render_size,
-            fps=settings.animation_fps,
-            seconds=settings.animation_seconds,
-            nsfw_threshold=settings.nsfw_threshold,
-        ),
-        media_task_queue=settings.media_task_queue,
-        retry=RetrySpec(
-            resubmits=settings.model_resubmits,
-            backoff_seconds=settings.model_resubmit_backoff_seconds,
-        ),
-    )
-
-
-async def start_workflow(
-    client: Client, settings: Settings, generation: records.Generation
-) -> None:
-    """Start (or find already started) the generation's workflow. Safe to repeat: the
-    workflow id is the generation id, and a finished run is never started again."""
-    with contextlib.suppress(WorkflowAlreadyStartedError):
-        await client.start_workflow(
-            contract.WORKFLOW_NAME,
-            workflow_input(settings, generation),
-            id=str(generation.id),
-            task_queue=settings.task_queue,
-            id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
-            id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
-        )
-
-
-async def _workflow_exists(client: Client, generation_id: UUID) -> bool | None:
-    """True/False, or None when Temporal can't say."""
-    try:
-        description = await client.get_workflow_handle(str(generation_id)).describe()
-    except RPCError as err:
-        return False if err.status == RPCStatusCode.NOT_FOUND else None
-    return description is not None
-
-
-async def _undo_charge(conn: Conn, generation: records.Generation, why: str) -> None:
-    """Refund, record the failure and its terminal event in one transaction. Nobody is
-    told through Redis: the caller answers 503, and any stream of it reads the log."""
-    async with conn.transaction():
-        await ledger.refund(
-            conn,
-            charge_key=ledger.charge_key(generation.id),
-            idempotency_key=f"generation:{generation.id}:start-failed",
-            reason=why,
-        )
-        await records.finish_generation(
-            conn,
-            generation.id,
-            status="failed",
-            step="queued",
-            error_code="unavailable",
-            error=contract.START_FAILED,
-        )
-        await progress.append(
-            conn,
-            str(generation.id),
-            event="failed",
-            dedupe="terminal",
-            step="queued",
-            message=contract.START_FAILED,
-            percent=0,
-            error_code="unavailable",
-            status="failed",
-            refunded=True,
-        )
 
 
 async def _request_digest(prompt: str, photo: UploadFile) -> bytes:
@@ -254,26 +171,17 @@ async def create_generation(
     async with pool.connection() as conn:
         generation = await records.generation(conn, generation_id)
         assert generation is not None
-        await start_or_refund(conn, temporal, settings, generation)
+        await _start(conn, temporal, settings, generation)
     log.info("generation started", extra={"generation_id": generation_id, "user_id": user.id})
     return _created(settings, generation)
 
 
-async def start_or_refund(
+async def _start(
     conn: Conn, temporal: Client, settings: Settings, generation: records.Generation
 ) -> None:
-    """Start the generation's workflow; if Temporal refuses, refund and raise Unavailable."""
     try:
-        await start_workflow(temporal, settings, generation)
-    except RPCError as err:
-        # The start may have reached Temporal even though we saw an error.
-        if await _workflow_exists(temporal, generation.id):
-            return
-        await _undo_charge(conn, generation, f"workflow start failed: {err.status.name}")
-        log.error(
-            "could not start workflow; token refunded",
-            extra={"generation_id": generation.id, "user_id": generation.user_id},
-        )
+        await lifecycle.start_or_refund(conn, temporal, settings, generation)
+    except lifecycle.StartFailed as err:
         raise Unavailable(
             "We couldn't start your BitBuddy right now. Your token has been refunded; try again."
         ) from err
@@ -289,7 +197,7 @@ async def _repeat(
     between charging and starting, start now."""
     if generation.status == "queued":
         async with pool.connection() as conn:
-            await start_or_refund(conn, temporal, settings, generation)
+            await _start(conn, temporal, settings, generation)
     return _created(settings, generation)
 
 

@@ -1,8 +1,10 @@
-"""The worker process: runs the BitBuddy workflow and every activity.
+"""The worker process: runs the workflows and every activity.
 
-Two task queues: the main one (workflow tasks and I/O-bound activities, many at once)
-and a media queue for ffmpeg, capped at one encode per core so a burst of finishing
-generations cannot starve the workflow tasks of CPU.
+Three task queues: the main one (the BitBuddy workflow and I/O-bound activities, many at
+once), a media queue for ffmpeg, capped at one encode per core so a burst of finishing
+generations cannot starve the workflow tasks of CPU, and the housekeeping queue, where
+the Housekeeping workflow that a Temporal Schedule starts runs its sweep. Each worker
+brings the schedules up to date when it starts (infra/schedules.py).
 """
 
 from __future__ import annotations
@@ -18,12 +20,15 @@ from pathlib import Path
 from temporalio.worker import Worker
 
 from activities.generations import all_activities
+from activities.housekeeping import HousekeepingActivities
 from activities.runtime import open_runtime
 from infra import liveness
 from infra.logging import configure_logging
+from infra.schedules import ensure_schedules
 from infra.settings import Settings, get_settings
 from infra.temporal import connect
 from workflows.bitbuddy import BitBuddyWorkflow
+from workflows.housekeeping import HousekeepingWorkflow
 
 log = logging.getLogger("bitbuddies.worker")
 
@@ -32,6 +37,13 @@ async def run_worker(settings: Settings, ready_file: Path | None = None) -> None
     client = await connect(settings)
     async with open_runtime(settings) as runtime:
         main_activities, media_activities = all_activities(runtime)
+        housekeeping = Worker(
+            client,
+            task_queue=settings.housekeeping_task_queue,
+            workflows=[HousekeepingWorkflow],
+            activities=[HousekeepingActivities(runtime).sweep],
+            max_concurrent_activities=1,
+        )
         main = Worker(
             client,
             task_queue=settings.task_queue,
@@ -51,8 +63,9 @@ async def run_worker(settings: Settings, ready_file: Path | None = None) -> None
             loop.add_signal_handler(sig, stop.set)
 
         identity = f"{socket.gethostname()}:{os.getpid()}"
-        queues = [settings.task_queue, settings.media_task_queue]
-        async with main, media, liveness.beating(runtime.redis, queues, identity):
+        queues = [settings.task_queue, settings.media_task_queue, settings.housekeeping_task_queue]
+        await ensure_schedules(client, settings)
+        async with main, media, housekeeping, liveness.beating(runtime.redis, queues, identity):
             log.info(
                 "worker polling %s and %s on %s (models: %s)",
                 settings.task_queue,

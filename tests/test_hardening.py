@@ -41,9 +41,29 @@ async def _raw(stack: Stack, head: bytes, body: bytes = b"") -> bytes:
     try:
         writer.write(head + body)
         await writer.drain()
-        return await asyncio.wait_for(reader.read(65536), 10)
+        return await asyncio.wait_for(_first_answer(reader), 10)
     finally:
         writer.close()
+
+
+async def _first_answer(reader: asyncio.StreamReader) -> bytes:
+    """The answer's head and its body (by Content-Length), however the bytes arrive: the
+    head and the body may come in separate reads."""
+    answer = b""
+    while b"\r\n\r\n" not in answer:
+        chunk = await reader.read(65536)
+        if not chunk:
+            return answer
+        answer += chunk
+    head, _, rest = answer.partition(b"\r\n\r\n")
+    length = 0
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            length = int(value.strip())
+    while len(rest) < length and (chunk := await reader.read(65536)):
+        rest += chunk
+    return head + b"\r\n\r\n" + rest
 
 
 # --- traffic -----------------------------------------------------------------------

@@ -8,6 +8,7 @@ import sys
 
 # Libraries only workers (and the local model server) may load.
 WORKER_ONLY = {
+    "fal_client",  # provider jobs: the model activities and the housekeeping sweep
     "ffmpeg",  # ffmpeg-python: the transcode
     "imageio_ffmpeg",
     "cv2",  # the local models

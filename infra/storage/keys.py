@@ -2,7 +2,7 @@
 
 - ``generations/<generation id>/``: a generation's working files (the uploaded photo,
   every step's intermediate result). Deleted once the generation has ended and the
-  retention setting has passed (api/sweeper.py).
+  retention setting has passed (activities/housekeeping.py).
 - ``characters/<character id>/``: a finished character's assets. Kept.
 """
 

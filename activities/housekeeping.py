@@ -1,12 +1,13 @@
-"""Settles generations that a crash or an operator left open.
+"""Housekeeping: what the Housekeeping workflow's sweep does, run by a Temporal Schedule
+every ``sweep_interval_seconds`` (infra/schedules.py), one sweep at a time.
 
 Two ways a charged token could otherwise be stranded:
 
 - The API dies between committing the charge and starting the workflow: the generation
-  stays ``queued`` with nothing running. The sweeper starts it (safe to repeat: the
+  stays ``queued`` with nothing running. The sweep starts it (safe to repeat: the
   workflow id is the generation id); if Temporal refuses, the token is refunded.
 - The workflow ends without running its own cleanup (terminated by an operator, or timed
-  out): the sweeper refunds the token, records the failure with its terminal event,
+  out): the sweep refunds the token, records the failure with its terminal event,
   asks the provider to stop its recorded jobs (nobody will fetch their results), frees
   their permits once every job is known to be over (a job the provider could not be
   asked about keeps its permit until a later sweep can), and alerts the owner.
@@ -17,8 +18,6 @@ workflow that is merely slow is never touched (its Temporal status says RUNNING)
 The same sweep deletes the working files (the photo and the intermediate results) of
 every generation that ended more than ``files_retention_seconds`` ago; the character's
 assets (under ``characters/``) stay.
-
-Every API process runs the sweeper; a PostgreSQL advisory lock lets one sweep at a time.
 """
 
 from __future__ import annotations
@@ -30,27 +29,24 @@ from datetime import timedelta
 from typing import Any
 from uuid import UUID
 
-import fal_client
-from psycopg_pool import AsyncConnectionPool
-from redis.asyncio import Redis
+from temporalio import activity
 from temporalio.api.enums.v1 import WorkflowExecutionStatus
 from temporalio.client import Client
 from temporalio.service import RPCError, RPCStatusCode
 
-from api.errors import Unavailable
-from api.generations import start_or_refund
+from activities.runtime import Runtime
 from billing import ledger
 from infra import progress
 from infra.alerts import send_owner_alert, workflow_link
 from infra.database import records
 from infra.falclient import cancel_job
-from infra.settings import Settings
-from infra.storage import Storage, keys
+from infra.storage import keys
 from workflows import contract
+from workflows.contract import SweepReport
+from workflows.lifecycle import StartFailed, start_or_refund
 
-log = logging.getLogger("bitbuddies.sweeper")
+log = logging.getLogger("bitbuddies.housekeeping")
 
-SWEEP_LOCK = 0x6269_7473  # pg_try_advisory_lock key: one sweeper at a time
 SWEEP_PAGE = 100
 # fal-client retries an unreachable provider for about half a minute; a sweep moves on
 # sooner and asks again next time.
@@ -66,60 +62,38 @@ UNSETTLED_ENDINGS = {
 
 
 class Sweeper:
-    def __init__(
-        self,
-        db: AsyncConnectionPool[Any],
-        redis: Redis,
-        temporal: Client,
-        fal: fal_client.AsyncClient,
-        storage: Storage,
-        settings: Settings,
-    ) -> None:
-        self.db = db
-        self.storage = storage
-        self.redis = redis
+    def __init__(self, runtime: Runtime, temporal: Client) -> None:
+        self.db = runtime.db
+        self.storage = runtime.storage
+        self.redis = runtime.redis
+        self.fal = runtime.fal
+        self.settings = runtime.settings
         self.temporal = temporal
-        self.fal = fal
-        self.settings = settings
+        self.report = SweepReport()
 
-    async def run(self) -> None:
-        """Sweep every ``sweep_interval_seconds`` until cancelled."""
-        while True:
-            try:
-                await self.sweep_once()
-            except Exception:
-                log.exception("sweep failed; trying again next interval")
-            await asyncio.sleep(self.settings.sweep_interval_seconds)
-
-    async def sweep_once(self) -> int:
-        """Settle every stale open generation; return how many were looked at."""
+    async def sweep_once(self) -> SweepReport:
+        """Settle every stale open generation, free the permits ended generations still
+        hold, delete working files past their retention."""
         async with self.db.connection() as conn:
-            cur = await conn.execute("SELECT pg_try_advisory_lock(%s) AS locked", (SWEEP_LOCK,))
-            row = await cur.fetchone()
-            if not (row and row["locked"]):
-                return 0
-            try:
-                # Page by page, so generations still running at the front of the line
-                # (a long provider queue) never hide the ones behind them.
-                seen = 0
-                page: list[records.Generation] = []
-                while True:
-                    page = await records.stale_open_generations(
-                        conn,
-                        timedelta(seconds=self.settings.stale_queued_seconds),
-                        after=page[-1] if page else None,
-                        limit=SWEEP_PAGE,
-                    )
-                    for generation in page:
-                        await self._settle(conn, generation)
-                    seen += len(page)
-                    if len(page) < SWEEP_PAGE:
-                        break
-                await self._free_permits_of_ended(conn)
-                await self._discard_working_files(conn)
-                return seen
-            finally:
-                await conn.execute("SELECT pg_advisory_unlock(%s)", (SWEEP_LOCK,))
+            # Page by page, so generations still running at the front of the line (a long
+            # provider queue) never hide the ones behind them.
+            page: list[records.Generation] = []
+            while True:
+                page = await records.stale_open_generations(
+                    conn,
+                    timedelta(seconds=self.settings.stale_queued_seconds),
+                    after=page[-1] if page else None,
+                    limit=SWEEP_PAGE,
+                )
+                for generation in page:
+                    activity.heartbeat()
+                    await self._settle(conn, generation)
+                self.report.looked_at += len(page)
+                if len(page) < SWEEP_PAGE:
+                    break
+            await self._free_permits_of_ended(conn)
+            await self._discard_working_files(conn)
+        return self.report
 
     async def _discard_working_files(self, conn: Any) -> None:
         retention = timedelta(seconds=self.settings.files_retention_seconds)
@@ -127,8 +101,10 @@ class Sweeper:
             conn, retention, limit=SWEEP_PAGE
         ):
             for generation_id in ended:
+                activity.heartbeat()
                 deleted = await self.storage.delete_prefix(keys.working_files(generation_id))
                 await records.mark_files_discarded(conn, generation_id)
+                self.report.files_discarded += 1
                 log.info(
                     "deleted %d working files", deleted, extra={"generation_id": generation_id}
                 )
@@ -144,8 +120,8 @@ class Sweeper:
         if described is None:
             if generation.status == "queued":
                 log.warning("starting a generation left queued", extra=context)
-                # Unavailable: start_or_refund refunded it and recorded the failure.
-                with contextlib.suppress(Unavailable):
+                # StartFailed: start_or_refund refunded it and recorded the failure.
+                with contextlib.suppress(StartFailed):
                     await start_or_refund(conn, self.temporal, self.settings, generation)
             else:
                 await self._abandon(conn, generation, "its workflow no longer exists", None)
@@ -248,12 +224,15 @@ class Sweeper:
                 )
                 continue
             over.append(permit.holder)
-        return stopped, await records.release_permits(conn, over) if over else 0
+        freed = await records.release_permits(conn, over) if over else 0
+        self.report.permits_freed += freed
+        return stopped, freed
 
     async def _free_permits_of_ended(self, conn: Any) -> None:
         """Permits still held by ended generations: their jobs could not be stopped at
         an earlier sweep."""
         for generation_id in await records.ended_generations_holding_permits(conn):
+            activity.heartbeat()
             stopped, freed = await self._free_permits(conn, generation_id)
             if freed:
                 log.info(
@@ -262,3 +241,15 @@ class Sweeper:
                     stopped,
                     extra={"generation_id": generation_id},
                 )
+
+
+class HousekeepingActivities:
+    def __init__(self, runtime: Runtime) -> None:
+        self.rt = runtime
+
+    @activity.defn(name=contract.SWEEP)
+    async def sweep(self) -> SweepReport:
+        report = await Sweeper(self.rt, activity.client()).sweep_once()
+        if report.looked_at or report.permits_freed or report.files_discarded:
+            activity.logger.info("swept: %s", report)
+        return report

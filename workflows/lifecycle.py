@@ -1,0 +1,126 @@
+"""Starting a generation's workflow: from the API (a new generation, a retried request)
+and from housekeeping (a generation charged but left queued when the API died). Client
+side only: the workflow itself never imports this module.
+
+Starting is safe to repeat: the workflow id is the generation id, and a finished run is
+never started again. If Temporal refuses, the charge is undone in the same transaction
+that records the failure and its terminal progress event.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+
+from temporalio.client import Client
+from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
+from temporalio.exceptions import WorkflowAlreadyStartedError
+from temporalio.service import RPCError, RPCStatusCode
+
+from billing import ledger
+from infra import progress
+from infra.database import records
+from infra.database.records import Conn
+from infra.settings import Settings
+from workflows import contract
+from workflows.contract import BitBuddyInput, RenderSpec, RetrySpec
+
+log = logging.getLogger("bitbuddies.lifecycle")
+
+
+class StartFailed(Exception):
+    """Temporal refused to start the workflow; the token has been refunded."""
+
+
+def workflow_input(settings: Settings, generation: records.Generation) -> BitBuddyInput:
+    return BitBuddyInput(
+        generation_id=str(generation.id),
+        user_id=str(generation.user_id),
+        prompt=generation.prompt,
+        photo_key=generation.photo_key,
+        render=RenderSpec(
+            size=settings.render_size,
+            fps=settings.animation_fps,
+            seconds=settings.animation_seconds,
+            nsfw_threshold=settings.nsfw_threshold,
+        ),
+        media_task_queue=settings.media_task_queue,
+        retry=RetrySpec(
+            resubmits=settings.model_resubmits,
+            backoff_seconds=settings.model_resubmit_backoff_seconds,
+        ),
+    )
+
+
+async def start_workflow(
+    client: Client, settings: Settings, generation: records.Generation
+) -> None:
+    """Start (or find already started) the generation's workflow."""
+    with contextlib.suppress(WorkflowAlreadyStartedError):
+        await client.start_workflow(
+            contract.WORKFLOW_NAME,
+            workflow_input(settings, generation),
+            id=str(generation.id),
+            task_queue=settings.task_queue,
+            id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
+            id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+        )
+
+
+async def start_or_refund(
+    conn: Conn, client: Client, settings: Settings, generation: records.Generation
+) -> None:
+    """Start the generation's workflow; if Temporal refuses, refund and raise StartFailed."""
+    try:
+        await start_workflow(client, settings, generation)
+    except RPCError as err:
+        # The start may have reached Temporal even though we saw an error.
+        if await _workflow_exists(client, generation):
+            return
+        await _undo_charge(conn, generation, f"workflow start failed: {err.status.name}")
+        log.error(
+            "could not start workflow; token refunded",
+            extra={"generation_id": generation.id, "user_id": generation.user_id},
+        )
+        raise StartFailed(str(generation.id)) from err
+
+
+async def _workflow_exists(client: Client, generation: records.Generation) -> bool | None:
+    """True/False, or None when Temporal can't say."""
+    try:
+        description = await client.get_workflow_handle(str(generation.id)).describe()
+    except RPCError as err:
+        return False if err.status == RPCStatusCode.NOT_FOUND else None
+    return description is not None
+
+
+async def _undo_charge(conn: Conn, generation: records.Generation, why: str) -> None:
+    """Refund, record the failure and its terminal event in one transaction. Nobody is
+    told through Redis: the caller answers 503, and any stream of it reads the log."""
+    async with conn.transaction():
+        await ledger.refund(
+            conn,
+            charge_key=ledger.charge_key(generation.id),
+            idempotency_key=f"generation:{generation.id}:start-failed",
+            reason=why,
+        )
+        await records.finish_generation(
+            conn,
+            generation.id,
+            status="failed",
+            step="queued",
+            error_code="unavailable",
+            error=contract.START_FAILED,
+        )
+        await progress.append(
+            conn,
+            str(generation.id),
+            event="failed",
+            dedupe="terminal",
+            step="queued",
+            message=contract.START_FAILED,
+            percent=0,
+            error_code="unavailable",
+            status="failed",
+            refunded=True,
+        )
