@@ -6,8 +6,9 @@ charged token ends as a delivered character or exactly one refund.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable
 from datetime import timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from temporalio import workflow
 from temporalio.exceptions import ActivityError, ApplicationError, is_cancelled_exception
@@ -55,6 +56,25 @@ with workflow.unsafe.imports_passed_through():
 # path without one is unchanged, and a history recorded before (no marker) replays the
 # old way: the failure fails the generation.
 TRANSIENT_RESUBMIT_PATCH = "transient-resubmit"
+
+
+T = TypeVar("T")
+
+
+async def _uncancelled(call: Awaitable[T]) -> tuple[T, bool]:
+    """Await an activity that a cancellation of the workflow must not cut short, as it
+    records an outcome (the character, a refund, a failure) or frees what a job held:
+    cancelled (TRY_CANCEL), the workflow would go on as if it had not run while it may
+    still commit. Returns its result and whether the workflow was cancelled meanwhile."""
+    task = asyncio.ensure_future(call)
+    cancelled = False
+    while True:
+        try:
+            return await asyncio.shield(task), cancelled
+        except asyncio.CancelledError:
+            if task.done():
+                raise
+            cancelled = True
 
 
 def _rejected(code: str, message: str) -> ApplicationError:
@@ -150,16 +170,18 @@ class BitBuddyWorkflow:
             result_type=CharacterAssets,
             **TRANSCODE_OPTIONS,
         )
-        await workflow.execute_activity(
-            contract.COMPLETE_GENERATION,
-            CompleteInput(
-                generation_id=job.generation_id,
-                user_id=job.user_id,
-                character_id=character_id,
-                prompt=job.prompt,
-                assets=assets,
-            ),
-            **RECORD_OPTIONS,
+        await _uncancelled(
+            workflow.execute_activity(
+                contract.COMPLETE_GENERATION,
+                CompleteInput(
+                    generation_id=job.generation_id,
+                    user_id=job.user_id,
+                    character_id=character_id,
+                    prompt=job.prompt,
+                    assets=assets,
+                ),
+                **RECORD_OPTIONS,
+            )
         )
         self._step, self._percent = "completed", 100
         return BitBuddyResult(character_id=character_id)
@@ -236,15 +258,19 @@ class BitBuddyWorkflow:
             return output
         finally:
             if not fetched:
-                await workflow.execute_activity(
-                    contract.RELEASE_MODEL_JOB,
-                    ReleaseInput(
-                        app=step.app,
-                        idempotency_key=key,
-                        request_id=submitted.request_id if submitted else None,
-                    ),
-                    **RELEASE_OPTIONS,
+                _, cancelled = await _uncancelled(
+                    workflow.execute_activity(
+                        contract.RELEASE_MODEL_JOB,
+                        ReleaseInput(
+                            app=step.app,
+                            idempotency_key=key,
+                            request_id=submitted.request_id if submitted else None,
+                        ),
+                        **RELEASE_OPTIONS,
+                    )
                 )
+                if cancelled:  # while releasing: not to be lost before a resubmission
+                    raise asyncio.CancelledError()
 
     async def _refund_and_report(self, job: BitBuddyInput, err: BaseException) -> None:
         cancelled = isinstance(err, asyncio.CancelledError) or is_cancelled_exception(err)
@@ -257,44 +283,54 @@ class BitBuddyWorkflow:
         else:
             code, message = "internal", contract.INTERNAL_FAILURE
         info = workflow.info()
-        refund: RefundResult = await workflow.execute_activity(
-            contract.REFUND_TOKEN,
-            RefundInput(
-                generation_id=job.generation_id,
-                # Stable across retries of this activity, distinct from every other key.
-                idempotency_key=f"refund:{workflow.uuid4()}",
-                reason=f"{code} at {self._step}: {_describe(err)}",
-            ),
-            result_type=RefundResult,
-            **REFUND_OPTIONS,
+        refund, _ = await _uncancelled(
+            workflow.execute_activity(
+                contract.REFUND_TOKEN,
+                RefundInput(
+                    generation_id=job.generation_id,
+                    # Stable across retries of this activity, distinct from every other key.
+                    idempotency_key=f"refund:{workflow.uuid4()}",
+                    reason=f"{code} at {self._step}: {_describe(err)}",
+                ),
+                result_type=RefundResult,
+                **REFUND_OPTIONS,
+            )
         )
-        await workflow.execute_activity(
-            contract.FAIL_GENERATION,
-            FailInput(
-                generation_id=job.generation_id,
-                status="cancelled" if cancelled else "failed",
-                step=self._step,
-                error_code=code,
-                message=message,
-                refunded=refund.refunded,
-                percent=self._percent,
-            ),
-            **RECORD_OPTIONS,
+        await _uncancelled(
+            workflow.execute_activity(
+                contract.FAIL_GENERATION,
+                FailInput(
+                    generation_id=job.generation_id,
+                    status="cancelled" if cancelled else "failed",
+                    step=self._step,
+                    error_code=code,
+                    message=message,
+                    refunded=refund.refunded,
+                    percent=self._percent,
+                ),
+                **RECORD_OPTIONS,
+            )
         )
         if code == "internal":
-            await workflow.execute_activity(
-                contract.SEND_ALERT,
-                AlertInput(
-                    title=f"BitBuddy failed at {self._step}",
-                    message=(
-                        f"{_describe(err)}\n"
-                        + ("token refunded" if refund.refunded else "NO REFUND: check the ledger")
+            await _uncancelled(
+                workflow.execute_activity(
+                    contract.SEND_ALERT,
+                    AlertInput(
+                        title=f"BitBuddy failed at {self._step}",
+                        message=(
+                            f"{_describe(err)}\n"
+                            + (
+                                "token refunded"
+                                if refund.refunded
+                                else "NO REFUND: check the ledger"
+                            )
+                        ),
+                        workflow_id=info.workflow_id,
+                        run_id=info.run_id,
+                        user_id=job.user_id,
                     ),
-                    workflow_id=info.workflow_id,
-                    run_id=info.run_id,
-                    user_id=job.user_id,
-                ),
-                **ALERT_OPTIONS,
+                    **ALERT_OPTIONS,
+                )
             )
 
 
