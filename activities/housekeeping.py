@@ -38,7 +38,7 @@ from activities.runtime import Runtime
 from billing import ledger
 from infra import progress
 from infra.alerts import send_owner_alert, workflow_link
-from infra.database import records
+from infra.database import permits, records
 from infra.falclient import cancel_job
 from infra.storage import keys
 from workflows import contract
@@ -206,7 +206,7 @@ class Sweeper:
         between sending the job and recording it) and is freed.
         """
         stopped, over = 0, []
-        for permit in await records.generation_permits(conn, generation_id):
+        for permit in await permits.generation_permits(conn, generation_id):
             if permit.app is None or permit.request_id is None:
                 over.append(permit.holder)
                 continue
@@ -224,14 +224,14 @@ class Sweeper:
                 )
                 continue
             over.append(permit.holder)
-        freed = await records.release_permits(conn, over) if over else 0
+        freed = await permits.release_permits(conn, over) if over else 0
         self.report.permits_freed += freed
         return stopped, freed
 
     async def _free_permits_of_ended(self, conn: Any) -> None:
         """Permits still held by ended generations: their jobs could not be stopped at
         an earlier sweep."""
-        for generation_id in await records.ended_generations_holding_permits(conn):
+        for generation_id in await permits.ended_generations_holding_permits(conn):
             activity.heartbeat()
             stopped, freed = await self._free_permits(conn, generation_id)
             if freed:

@@ -30,7 +30,7 @@ from activities.model_errors import (
 from activities.permits import get_globally_cached_semaphore
 from activities.runtime import Runtime
 from infra import progress
-from infra.database import records
+from infra.database import permits, records
 from infra.falclient import cancel_job, is_refusal, read_result
 from infra.storage import CHUNK_SIZE, keys
 from workflows import contract
@@ -62,15 +62,9 @@ class ModelActivities:
     async def _record_step(self, step: ModelStepInput) -> str | None:
         """Mark the generation as running this step; return the job already submitted
         under the step's key, if any. One round trip (pipeline mode)."""
-        async with self.rt.db.connection() as conn:
-            async with conn.pipeline():
-                await records.set_generation_step(conn, UUID(step.generation_id), step.step)
-                cur = await conn.execute(
-                    "SELECT request_id FROM provider_jobs WHERE idempotency_key = %s",
-                    (step.idempotency_key,),
-                )
-            row = await cur.fetchone()
-        return row["request_id"] if row else None
+        async with self.rt.db.connection() as conn, conn.pipeline():
+            await records.set_generation_step(conn, UUID(step.generation_id), step.step)
+            return await permits.job_request_id(conn, step.idempotency_key)
 
     @activity.defn(name=contract.SUBMIT_MODEL_JOB)
     async def submit_model_job(self, step: ModelStepInput) -> ModelJob:
@@ -138,10 +132,13 @@ class ModelActivities:
         except httpx.TransportError as err:
             raise _unavailable(step.app, "submit", err) from err
         async with self.rt.db.connection() as conn:
-            await conn.execute(
-                "INSERT INTO provider_jobs (idempotency_key, generation_id, step, app, request_id)"
-                " VALUES (%s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
-                (step.idempotency_key, step.generation_id, step.step, step.app, handle.request_id),
+            await permits.record_job(
+                conn,
+                step.idempotency_key,
+                step.generation_id,
+                step.step,
+                step.app,
+                handle.request_id,
             )
         activity.logger.info(
             "submitted %s job %s", step.app, handle.request_id, extra={"user_id": step.user_id}
@@ -288,12 +285,7 @@ class ModelActivities:
         request_id = release.request_id
         if not request_id:
             async with self.rt.db.connection() as conn:
-                cur = await conn.execute(
-                    "SELECT request_id FROM provider_jobs WHERE idempotency_key = %s",
-                    (release.idempotency_key,),
-                )
-                row = await cur.fetchone()
-            request_id = row["request_id"] if row else None
+                request_id = await permits.job_request_id(conn, release.idempotency_key)
         if request_id:
             await cancel_job(self.rt.fal, release.app, request_id)
         await self._semaphore(release.app).release(self.rt.db, release.idempotency_key)

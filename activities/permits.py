@@ -34,6 +34,8 @@ from typing import Any
 
 from psycopg_pool import AsyncConnectionPool
 
+from infra.database import permits
+
 ACQUIRE_POLL_SECONDS = 0.25
 
 
@@ -52,12 +54,7 @@ class ProviderSemaphore:
         0005_permit_leases.sql).
         """
         async with pool.connection() as conn:
-            cur = await conn.execute(
-                "SELECT acquire_provider_permit(%s, %s, %s, %s) AS ok",
-                (self.name, holder, ttl, self.max_concurrency),
-            )
-            row = await cur.fetchone()
-        return bool(row and row["ok"])
+            return await permits.acquire(conn, self.name, holder, ttl, self.max_concurrency)
 
     async def acquire(
         self,
@@ -81,12 +78,7 @@ class ProviderSemaphore:
         Atomic against `acquire`'s removal of expired leases: either the removal ran
         first (nothing is marked, False) or the mark did (the removal skips the row)."""
         async with pool.connection() as conn:
-            cur = await conn.execute(
-                "UPDATE provider_permits SET submitted_at = coalesce(submitted_at, now()),"
-                " generation_id = %s WHERE limiter = %s AND holder = %s RETURNING holder",
-                (generation_id, self.name, holder),
-            )
-            return await cur.fetchone() is not None
+            return await permits.mark_submitted(conn, self.name, holder, generation_id)
 
     async def reclaim(
         self, pool: AsyncConnectionPool[Any], holder: str, generation_id: str, ttl: timedelta
@@ -99,46 +91,21 @@ class ProviderSemaphore:
         permits in the same transaction that closes it, and FOR SHARE waits for that
         transaction, so a lease it freed is never put back behind it."""
         async with pool.connection() as conn:
-            cur = await conn.execute(
-                "INSERT INTO provider_permits"
-                " (limiter, holder, expires_at, submitted_at, generation_id)"
-                " SELECT %s, %s, now() + %s, now(), g.id FROM generations g"
-                " WHERE g.id = %s AND g.status IN ('queued', 'running') FOR SHARE"
-                " ON CONFLICT (limiter, holder) DO UPDATE"
-                " SET submitted_at = coalesce(provider_permits.submitted_at, now())"
-                " RETURNING holder",
-                (self.name, holder, ttl, generation_id),
-            )
-            return await cur.fetchone() is not None
+            return await permits.reclaim(conn, self.name, holder, generation_id, ttl)
 
     async def renew(self, pool: AsyncConnectionPool[Any], holder: str, ttl: timedelta) -> bool:
         """Extend ``holder``'s lease; False when it is gone (released by someone else)."""
         async with pool.connection() as conn:
-            cur = await conn.execute(
-                "UPDATE provider_permits SET expires_at = now() + %s"
-                " WHERE limiter = %s AND holder = %s RETURNING holder",
-                (ttl, self.name, holder),
-            )
-            return await cur.fetchone() is not None
+            return await permits.renew(conn, self.name, holder, ttl)
 
     async def release(self, pool: AsyncConnectionPool[Any], holder: str) -> None:
         """Idempotent."""
         async with pool.connection() as conn:
-            await conn.execute(
-                "DELETE FROM provider_permits WHERE limiter = %s AND holder = %s",
-                (self.name, holder),
-            )
+            await permits.release(conn, self.name, holder)
 
     async def held(self, pool: AsyncConnectionPool[Any]) -> int:
         async with pool.connection() as conn:
-            cur = await conn.execute(
-                "SELECT count(*) AS held FROM provider_permits p"
-                " WHERE p.limiter = %s AND (p.expires_at >= now() OR p.submitted_at IS NOT NULL"
-                " OR EXISTS (SELECT 1 FROM provider_jobs j WHERE j.idempotency_key = p.holder))",
-                (self.name,),
-            )
-            row = await cur.fetchone()
-            return int(row["held"]) if row else 0
+            return await permits.held(conn, self.name)
 
 
 @cache

@@ -10,6 +10,7 @@ from fastapi.responses import JSONResponse
 from temporalio.api.workflowservice.v1 import GetSystemInfoRequest
 
 from infra import liveness
+from infra.database import ping
 
 router = APIRouter(tags=["health"])
 CHECK_TIMEOUT_SECONDS = 2.0
@@ -21,8 +22,7 @@ async def livez() -> dict[str, bool]:
 
 
 async def _postgres(request: Request) -> None:
-    async with request.app.state.db.connection() as conn:
-        await conn.execute("SELECT 1")
+    await ping(request.app.state.db)
 
 
 async def _redis(request: Request) -> None:

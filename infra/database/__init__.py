@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 from importlib.resources import files
+from typing import Any
 
 import psycopg
 from psycopg.rows import dict_row
@@ -26,6 +27,12 @@ def open_pool(database_url: str, *, min_size: int = 1, max_size: int = 10) -> As
         open=False,
         kwargs={"row_factory": dict_row, "autocommit": True},
     )
+
+
+async def ping(pool: AsyncConnectionPool[Any]) -> None:
+    """One round trip; raises when PostgreSQL cannot answer."""
+    async with pool.connection() as conn:
+        await conn.execute("SELECT 1")
 
 
 def _migrations() -> list[tuple[str, str]]:

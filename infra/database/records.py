@@ -224,45 +224,6 @@ async def stale_open_generations(
     return [Generation(**row) for row in await cur.fetchall()]
 
 
-async def ended_generations_holding_permits(conn: Conn) -> list[UUID]:
-    """Generations that have ended while a provider permit is still held for them (by a
-    lease marked with the generation, or through the job recorded under its holder)."""
-    cur = await conn.execute(
-        "SELECT DISTINCT g.id FROM provider_permits p"
-        " LEFT JOIN provider_jobs j ON j.idempotency_key = p.holder"
-        " JOIN generations g ON g.id = coalesce(p.generation_id, j.generation_id)"
-        " WHERE g.status IN ('completed', 'failed', 'cancelled')"
-    )
-    return [row["id"] for row in await cur.fetchall()]
-
-
-@dataclass(frozen=True)
-class HeldPermit:
-    holder: str
-    app: str | None  # None: no job recorded under it (the worker died before recording)
-    request_id: str | None
-
-
-async def generation_permits(conn: Conn, generation_id: UUID) -> list[HeldPermit]:
-    """The provider permits held for a generation's jobs, each with its recorded job.
-
-    A lease marked submitted names its generation (its job may have been sent but not
-    recorded, if the worker died in between); a lease from before that mark existed is
-    found through the recorded job."""
-    cur = await conn.execute(
-        "SELECT p.holder, j.app, j.request_id FROM provider_permits p"
-        " LEFT JOIN provider_jobs j ON j.idempotency_key = p.holder"
-        " WHERE p.generation_id = %s OR j.generation_id = %s",
-        (generation_id, generation_id),
-    )
-    return [HeldPermit(**row) for row in await cur.fetchall()]
-
-
-async def release_permits(conn: Conn, holders: list[str]) -> int:
-    cur = await conn.execute("DELETE FROM provider_permits WHERE holder = ANY(%s)", (holders,))
-    return cur.rowcount
-
-
 # --- characters -------------------------------------------------------------------
 
 _CHAR = "id, user_id, generation_id, prompt, webm_key, webp_key, png_key, width, height, created_at"
