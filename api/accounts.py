@@ -78,7 +78,9 @@ async def signup(
                 idempotency_key=f"signup:{user_id}",
                 reason="free tokens for a new local account",
             )
-        await records.insert_session(conn, token, user_id, timedelta(days=settings.session_days))
+        await records.insert_bearer_token(
+            conn, token, user_id, timedelta(days=settings.bearer_token_days)
+        )
     return SignupPublic(token=token, user=UserPublic(id=user_id, email=body.email))
 
 
@@ -121,7 +123,9 @@ async def login(
     async with pool.connection() as conn, conn.transaction():
         if new_hash is not None:
             await records.update_password_hash(conn, user.id, new_hash)
-        await records.insert_session(conn, token, user.id, timedelta(days=settings.session_days))
+        await records.insert_bearer_token(
+            conn, token, user.id, timedelta(days=settings.bearer_token_days)
+        )
     return LoginPublic(token=token)
 
 

@@ -30,7 +30,7 @@ from temporalio.service import RPCError
 from api.client import User, signup
 from bench.bare import TASK_QUEUE, BareWorkflow
 from bench.harness import bare_worker, local_stack, percentile, sample_photo, timed_generation
-from infra import services
+from infra import supervisor
 from workflows.contract import TERMINAL_STATUSES
 
 ENV = {
@@ -176,7 +176,7 @@ async def bare(client: Client, activities: int, args: argparse.Namespace) -> tup
     return result, drain
 
 
-async def run(cfg: services.StackConfig, args: argparse.Namespace) -> None:
+async def run(cfg: supervisor.StackConfig, args: argparse.Namespace) -> None:
     photo = sample_photo(args.photo_size)
     client = await Client.connect(cfg.temporal_address)
     limits = httpx.Limits(max_connections=args.starts + 32, max_keepalive_connections=args.starts)

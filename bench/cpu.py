@@ -1,6 +1,6 @@
 """CPU time used by each part of the local stack, read from ``/proc`` (Linux only).
 
-Services are told apart by their command lines, as ``infra/services.py`` starts them
+Services are told apart by their command lines, as ``infra/supervisor.py`` starts them
 (the first marker found wins).
 The worker's reaped children (ffmpeg) are counted apart from the worker itself.
 """

@@ -16,39 +16,39 @@ from importlib import resources
 from pathlib import Path
 
 from api.client import Event, User
-from infra import services
+from infra import supervisor
 
 
 @contextlib.contextmanager
 def running_stack(
     *, env: dict[str, str], replay: bool, model_workers: int = 2
-) -> Iterator[tuple[services.StackConfig, list[services.Managed]]]:
+) -> Iterator[tuple[supervisor.StackConfig, list[supervisor.Managed]]]:
     """Every part of the service on free ports in a temporary folder, as the tests run it,
     with its running services (to find a process, e.g. the API's)."""
     with tempfile.TemporaryDirectory(prefix="bitbuddies-bench-") as tmp:
-        cfg = services.StackConfig.throwaway(
+        cfg = supervisor.StackConfig.throwaway(
             Path(tmp),
             env={"BITBUDDIES_LOG_LEVEL": "WARNING", **env},
             model_workers=model_workers,
             replay=replay,
         )
-        with services.running(cfg) as started:
+        with supervisor.running(cfg) as started:
             yield cfg, started
 
 
 @contextlib.contextmanager
 def local_stack(
     *, env: dict[str, str], replay: bool, model_workers: int = 2
-) -> Iterator[services.StackConfig]:
+) -> Iterator[supervisor.StackConfig]:
     """As ``running_stack``, for callers that need only the configuration."""
     with running_stack(env=env, replay=replay, model_workers=model_workers) as (cfg, _):
         yield cfg
 
 
-def bare_worker(cfg: services.StackConfig) -> services.Managed:
+def bare_worker(cfg: supervisor.StackConfig) -> supervisor.Managed:
     """The baseline's worker (bench/bare.py) on the stack's Temporal server, not started."""
     ready = cfg.data_dir / "run" / "bare.ready"
-    return services.Managed(
+    return supervisor.Managed(
         "bare-worker",
         [
             sys.executable,

@@ -27,7 +27,7 @@ from api.client import signup
 from bench import cpu
 from bench.bare import TASK_QUEUE, BareWorkflow
 from bench.harness import Summary, bare_worker, local_stack, sample_photo, timed_generation
-from infra import services
+from infra import supervisor
 
 ENV = {
     "BITBUDDIES_RENDER_SIZE": "256",
@@ -112,7 +112,7 @@ def _transcode_seconds(history: WorkflowHistory) -> float:
     raise RuntimeError("no completed transcode activity in this history")
 
 
-async def run(cfg: services.StackConfig, n: int, concurrencies: list[int]) -> None:
+async def run(cfg: supervisor.StackConfig, n: int, concurrencies: list[int]) -> None:
     photo = sample_photo()
     client = await Client.connect(cfg.temporal_address)
     async with httpx.AsyncClient(base_url=cfg.api_url, timeout=120.0) as http:

@@ -19,7 +19,7 @@ import httpx
 
 from api.client import signup
 from bench.harness import Timed, local_stack, sample_photo, timed_generation
-from infra import services
+from infra import supervisor
 from infra.settings import Settings
 
 
@@ -38,7 +38,7 @@ def step_times(timed: Timed) -> dict[str, float]:
     return times
 
 
-async def run(cfg: services.StackConfig, runs: int, photo_size: int) -> None:
+async def run(cfg: supervisor.StackConfig, runs: int, photo_size: int) -> None:
     photo = sample_photo(photo_size)
     per_step: dict[str, list[float]] = defaultdict(list)
     totals: list[float] = []

@@ -39,7 +39,7 @@ from redis.asyncio import Redis
 from api.client import User, signup
 from bench import bare_sse
 from bench.harness import cpu_seconds, percentile, raise_open_files_limit, rss_bytes, running_stack
-from infra import progress, services
+from infra import progress, supervisor
 from infra.database import open_pool, records
 
 ENV = {
@@ -303,10 +303,10 @@ class Row:
     bare: Measured
 
 
-async def run(cfg: services.StackConfig, api_pid: int, args: argparse.Namespace) -> None:
-    bare_port = services.free_port()
+async def run(cfg: supervisor.StackConfig, api_pid: int, args: argparse.Namespace) -> None:
+    bare_port = supervisor.free_port()
     bare_url = f"http://127.0.0.1:{bare_port}"
-    bare_app = services.Managed(
+    bare_app = supervisor.Managed(
         "bare-sse",
         [
             sys.executable,
@@ -322,7 +322,7 @@ async def run(cfg: services.StackConfig, api_pid: int, args: argparse.Namespace)
             "--log-level",
             "warning",
         ],
-        ready=lambda: services.http_ok(bare_url + "/livez"),
+        ready=lambda: supervisor.http_ok(bare_url + "/livez"),
         env={"REDIS_URL": cfg.redis_url},
         log_path=cfg.data_dir / "logs" / "bare-sse.log",
     )

@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from infra import services
+from infra import supervisor
 
 
 def main() -> None:
@@ -22,7 +22,7 @@ def main() -> None:
     parser.add_argument("--data-dir", type=Path, default=Path(".data"))
     args = parser.parse_args()
     data_dir = args.data_dir.resolve()
-    cfg = services.StackConfig(data_dir=data_dir)
+    cfg = supervisor.StackConfig(data_dir=data_dir)
 
     stopping = False
 
@@ -33,10 +33,10 @@ def main() -> None:
     signal.signal(signal.SIGINT, request_stop)
     signal.signal(signal.SIGTERM, request_stop)
 
-    started: list[services.Managed] = []
+    started: list[supervisor.Managed] = []
     code = 0
     try:
-        started = services.start_all(cfg, announce=lambda line: print(line, flush=True))
+        started = supervisor.start_all(cfg, announce=lambda line: print(line, flush=True))
         print(
             "\nBitBuddies is running.\n"
             f"  API          {cfg.api_url}   (docs: {cfg.api_url}/docs)\n"
@@ -52,7 +52,7 @@ def main() -> None:
                 code = 1
                 break
             time.sleep(0.5)
-    except services.ServiceFailed as err:
+    except supervisor.ServiceFailed as err:
         print(f"\n{err}", file=sys.stderr)
         code = 1
     finally:

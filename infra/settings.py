@@ -73,7 +73,7 @@ class Settings(BaseSettings):
 
     # Accounts and billing.
     signup_tokens: int = 3
-    session_days: int = 30
+    bearer_token_days: int = 30  # how long a token from sign-up or log-in is valid
 
     # Product knobs passed into each workflow (so a run never reads config mid-flight).
     render_size: int = 512

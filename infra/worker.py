@@ -67,9 +67,8 @@ async def run_worker(settings: Settings, ready_file: Path | None = None) -> None
         await ensure_schedules(client, settings)
         async with main, media, housekeeping, liveness.beating(runtime.redis, queues, identity):
             log.info(
-                "worker polling %s and %s on %s (models: %s)",
-                settings.task_queue,
-                settings.media_task_queue,
+                "worker polling %s on %s (models: %s)",
+                ", ".join(queues),
                 settings.temporal_address,
                 "fal.ai" if not settings.uses_local_models else settings.model_server_url,
             )

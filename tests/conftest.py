@@ -1,5 +1,5 @@
 """One real stack per test session: Temporal dev server, Redis, PostgreSQL, the local
-model server, a worker and the API, each a real process started by infra/services.py
+model server, a worker and the API, each a real process started by infra/supervisor.py
 exactly as `make dev` starts them (on free ports, in a temporary data folder)."""
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import pytest
 from psycopg_pool import AsyncConnectionPool
 
 from billing import ledger
-from infra import services
+from infra import supervisor
 from infra.database import open_pool
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -90,15 +90,15 @@ def photo(name: str) -> bytes:
 
 @dataclass
 class Stack:
-    cfg: services.StackConfig
-    worker: services.Managed
-    api: services.Managed
-    model_server: services.Managed
-    redis: services.Managed
+    cfg: supervisor.StackConfig
+    worker: supervisor.Managed
+    api: supervisor.Managed
+    model_server: supervisor.Managed
+    redis: supervisor.Managed
 
     def restart_worker(self) -> None:
         self.worker.stop()
-        self.worker = services.worker(self.cfg)
+        self.worker = supervisor.worker(self.cfg)
         self.worker.start()
 
     def restart_api(self, down_seconds: float) -> None:
@@ -128,10 +128,10 @@ class Stack:
 
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    cfg = services.StackConfig.throwaway(tmp_path_factory.mktemp("stack"), env=TEST_ENV)
+    cfg = supervisor.StackConfig.throwaway(tmp_path_factory.mktemp("stack"), env=TEST_ENV)
     for key, value in {**cfg.app_env(), **TEST_ENV}.items():
         os.environ[key] = value  # in-process helpers read the same settings
-    with services.running(cfg) as started:
+    with supervisor.running(cfg) as started:
         by_name = {s.name: s for s in started}
         stack = Stack(
             cfg=cfg,

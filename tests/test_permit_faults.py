@@ -22,7 +22,7 @@ from psycopg_pool import AsyncConnectionPool
 from activities.permits import get_globally_cached_semaphore
 from api.client import signup
 from billing import ledger
-from infra import services
+from infra import supervisor
 from tests.conftest import TEST_ENV, Stack, ledger_kinds, permits_held, photo
 from tests.test_resilience import STEP_APPS
 
@@ -48,7 +48,7 @@ async def _wait_for(predicate: Callable[[], Awaitable[bool]], timeout: float = 9
 def _start_worker(stack: Stack, lease_seconds: float) -> None:
     """A new worker process in the stack's place, leasing permits for ``lease_seconds``."""
     stack.worker.stop()
-    worker = services.worker(stack.cfg)
+    worker = supervisor.worker(stack.cfg)
     worker.env = {**worker.env, "BITBUDDIES_MODEL_PERMIT_TTL_SECONDS": str(lease_seconds)}
     worker.start()
     stack.worker = worker

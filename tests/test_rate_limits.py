@@ -15,7 +15,7 @@ import pytest
 from psycopg_pool import AsyncConnectionPool
 
 from api.client import User, signup
-from infra import services
+from infra import supervisor
 from tests.conftest import Stack, insert_generation, photo
 
 LIMITED_ENV = {
@@ -36,10 +36,10 @@ def limited_apis(stack: Stack) -> Iterator[list[str]]:
         for n in range(2):
             cfg = dataclasses.replace(
                 stack.cfg,
-                ports=dataclasses.replace(stack.cfg.ports, api=services.free_port()),
+                ports=dataclasses.replace(stack.cfg.ports, api=supervisor.free_port()),
                 extra_env={**stack.cfg.extra_env, **LIMITED_ENV},
             )
-            api = services.api(cfg)
+            api = supervisor.api(cfg)
             api.name = f"limited-api-{n}"
             api.log_path = stack.cfg.data_dir / "logs" / f"limited-api-{n}.log"
             started.append(api)

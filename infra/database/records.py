@@ -92,17 +92,18 @@ def token_digest(token: str) -> bytes:
     return hashlib.sha256(token.encode()).digest()
 
 
-async def insert_session(conn: Conn, token: str, user_id: UUID, ttl: timedelta) -> None:
+async def insert_bearer_token(conn: Conn, token: str, user_id: UUID, ttl: timedelta) -> None:
     await conn.execute(
-        "INSERT INTO sessions (token_hash, user_id, expires_at) VALUES (%s, %s, now() + %s)",
+        "INSERT INTO bearer_tokens (token_hash, user_id, expires_at) VALUES (%s, %s, now() + %s)",
         (token_digest(token), user_id, ttl),
     )
 
 
 async def user_for_token(conn: Conn, token: str) -> User | None:
     cur = await conn.execute(
-        "SELECT u.id, u.email, u.password_hash FROM sessions s JOIN users u ON u.id = s.user_id"
-        " WHERE s.token_hash = %s AND s.expires_at > now()",
+        "SELECT u.id, u.email, u.password_hash"
+        " FROM bearer_tokens t JOIN users u ON u.id = t.user_id"
+        " WHERE t.token_hash = %s AND t.expires_at > now()",
         (token_digest(token),),
     )
     row = await cur.fetchone()

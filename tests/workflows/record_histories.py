@@ -2,7 +2,7 @@
 
 Starts the real local stack exactly as the test session does (tests/conftest.py's
 ``stack`` fixture: ``StackConfig.throwaway`` with ``TEST_ENV``, then
-``services.running``), runs one generation per scenario through the public HTTP API,
+``supervisor.running``), runs one generation per scenario through the public HTTP API,
 waits for each workflow to close, and writes its history (``history.to_json()``) to
 ``tests/workflows/histories/<scenario>.json``.
 
@@ -28,7 +28,7 @@ import httpx
 from temporalio.client import Client, WorkflowFailureError
 
 from api.client import Event, User, signup
-from infra import services
+from infra import supervisor
 from tests.conftest import FIXTURES, TEST_ENV, photo
 
 HISTORIES = Path(__file__).parent / "histories"
@@ -115,7 +115,7 @@ RECORDERS = {
 }
 
 
-async def record(cfg: services.StackConfig, scenarios: list[str], out: Path) -> None:
+async def record(cfg: supervisor.StackConfig, scenarios: list[str], out: Path) -> None:
     temporal = await Client.connect(cfg.temporal_address)
     out.mkdir(parents=True, exist_ok=True)
     async with (
@@ -154,11 +154,11 @@ def main() -> None:
         parser.error(f"unknown scenarios: {sorted(unknown)}")
     data_dir = args.data_dir or Path(tempfile.mkdtemp(prefix="bb-record-"))
     data_dir.mkdir(parents=True, exist_ok=True)
-    cfg = services.StackConfig.throwaway(data_dir, env=TEST_ENV)
+    cfg = supervisor.StackConfig.throwaway(data_dir, env=TEST_ENV)
     for key, value in {**cfg.app_env(), **TEST_ENV}.items():
         os.environ[key] = value  # as tests/conftest.py: in-process helpers read the same
     print(f"starting the stack in {data_dir}")
-    with services.running(cfg):
+    with supervisor.running(cfg):
         asyncio.run(record(cfg, list(args.scenarios) or list(SCENARIOS), args.out))
     # Processes using the Temporal SDK sometimes crash at interpreter exit (sdk-python#300).
     os._exit(0)

@@ -1,4 +1,4 @@
-"""The process supervisor in infra/services.py, as the tests, benchmarks and `make dev`
+"""The process supervisor in infra/supervisor.py, as the tests, benchmarks and `make dev`
 use it: what happens to the children when the supervising process is told to stop."""
 
 from __future__ import annotations
@@ -17,10 +17,10 @@ REPO = Path(__file__).resolve().parents[1]
 SUPERVISOR = textwrap.dedent(
     """
     import time
-    from infra import services
+    from infra import supervisor
 
-    sleeper = services.Managed("sleeper", ["sleep", "300"], ready=lambda: True)
-    with services.stop_on_sigterm():
+    sleeper = supervisor.Managed("sleeper", ["sleep", "300"], ready=lambda: True)
+    with supervisor.stop_on_sigterm():
         try:
             sleeper.start()
             print(sleeper.process.pid, flush=True)
