@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import os
 import pwd
+import random
 import secrets
 import shutil
 import signal
@@ -32,10 +33,38 @@ STOP_TIMEOUT_SECONDS = 15.0
 POSTGRES_SYSTEM_USER = "embedded_postgres"  # PostgreSQL refuses to run as root
 
 
+# Ports for our servers come from below the kernel's ephemeral range. A port that
+# `bind(0)` hands out (and we close at once) is the kernel's to hand out again: to another
+# process's connection or listener, before our server binds it. The Temporal dev server
+# once lost its frontend port that way to one of its own internal listeners, and the
+# readiness check then saw its port open while it crashed.
+_FIRST_PORT = 10000
+_issued: set[int] = set()
+
+
+def _ephemeral_floor() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768  # Linux's default
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A port nobody listens on now, outside the ephemeral range, never the same twice in
+    one process."""
+    top = max(_ephemeral_floor(), _FIRST_PORT + 1000)
+    for _ in range(1000):
+        port = random.randrange(_FIRST_PORT, top)  # noqa: S311 (not a secret)
+        if port in _issued:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _issued.add(port)
+        return port
+    raise ServiceFailed(f"no free port between {_FIRST_PORT} and {top}")
 
 
 def port_open(port: int, host: str = "127.0.0.1") -> bool:

@@ -6,7 +6,6 @@ import asyncio
 import base64
 import importlib.resources
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -19,6 +18,8 @@ import fal_client
 import httpx
 import imageio_ffmpeg
 import numpy as np
+
+from infra.supervisor import free_port  # noqa: F401 (the tests here import it from this module)
 
 REPO = Path(__file__).resolve().parents[2]
 FIXTURES = REPO / "tests" / "fixtures"
@@ -35,13 +36,6 @@ class ModelServer:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def spawn(root: Path, port: int) -> tuple[subprocess.Popen[bytes], ModelServer]:

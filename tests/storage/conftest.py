@@ -22,14 +22,9 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from google.cloud import storage
 from google.oauth2 import service_account
 
+from infra.supervisor import free_port
+
 BUCKET = "bitbuddies-test"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def _emulator_executable() -> str:
@@ -44,7 +39,7 @@ def _emulator_executable() -> str:
 
 @pytest.fixture(scope="session")
 def gcs_emulator_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    port = _free_port()
+    port = free_port()
     log_path = tmp_path_factory.mktemp("gcs-emulator") / "emulator.log"
     with log_path.open("wb") as log:
         process = subprocess.Popen(
