@@ -16,16 +16,13 @@ import numpy as np
 import pytest
 from PIL import Image, ImageCms, PngImagePlugin
 from psycopg_pool import AsyncConnectionPool
-from redis.asyncio import Redis
 
-from api.app import REDIS_CLIENT_NAME, create_app
+from api.app import create_app
 from api.client import User, signup
-from infra import progress
 from infra.settings import LOCAL_SECRET, Settings
-from tests.conftest import TEST_ENV, Stack, insert_generation, photo
+from tests.conftest import Stack, insert_generation, photo
 
 API_POOL_SIZE = 20  # api/app.py
-STREAMS_WAKING = 150
 
 
 def _is_error_body(response: httpx.Response, code: str | None = None) -> bool:
@@ -103,52 +100,6 @@ async def test_open_event_streams_hold_no_database_connection(
             for s in streams:
                 s.cancel()
             await asyncio.gather(*streams, return_exceptions=True)
-
-
-async def test_waking_streams_share_a_bounded_set_of_redis_connections(
-    stack: Stack,
-    db: AsyncConnectionPool,  # type: ignore[type-arg]
-    http: httpx.AsyncClient,
-) -> None:
-    """Each API process uses at most its pool of Redis connections, however many streams
-    wake at once (unbounded, 1,000 streams went past Redis's client limit and were cut)."""
-    user = await signup(http)
-    waiting = await insert_generation(db, uuid.UUID(user.id))
-    redis = Redis.from_url(stack.cfg.redis_url)
-    limits = httpx.Limits(max_connections=STREAMS_WAKING + 10)
-    try:
-        before = len(await redis.client_list())
-        async with httpx.AsyncClient(base_url=stack.cfg.api_url, timeout=60, limits=limits) as many:
-            streams = [
-                asyncio.create_task(_open_stream(many, user, waiting))
-                for _ in range(STREAMS_WAKING)
-            ]
-            try:
-                await asyncio.sleep(3.0)  # every stream is open and waiting
-                assert not any(s.done() for s in streams)
-                for n in range(3):  # every stream wakes at once, three times
-                    await progress.publish(
-                        db,
-                        redis,
-                        str(waiting),
-                        event="progress",
-                        dedupe=f"wake-{n}",
-                        step="analyze",
-                        message="Looking at your photo",
-                        percent=n,
-                    )
-                    await asyncio.sleep(1.0)
-                clients = await redis.client_list()
-            finally:
-                for s in streams:
-                    s.cancel()
-                await asyncio.gather(*streams, return_exceptions=True)
-    finally:
-        await redis.aclose()
-    # Nothing else opens connections meanwhile: any growth is the API's, within its pool.
-    bound = int(TEST_ENV["BITBUDDIES_API_REDIS_CONNECTIONS"])
-    assert len(clients) - before <= bound, [c.get("name") for c in clients]
-    assert sum(c.get("name") == REDIS_CLIENT_NAME for c in clients) <= bound
 
 
 async def test_a_burst_of_wrong_password_logins_does_not_starve_other_routes(

@@ -2,8 +2,8 @@
 it has ended and the retention setting has passed; the character's assets stay.
 
 The test stack keeps working files for an hour (tests/conftest.py), so the tests that
-look at stored inputs are not raced; these tests move a generation's end back by two
-hours in the database, as time passing would, and wait for the next sweep."""
+look at stored inputs are not raced; this test moves a generation's end back by two
+hours in the database, as time passing would, and waits for the next sweep."""
 
 from __future__ import annotations
 

@@ -19,6 +19,8 @@ import asyncio
 import contextlib
 import json
 import os
+import re
+import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
@@ -32,6 +34,24 @@ from infra import supervisor
 from tests.conftest import FIXTURES, TEST_ENV, photo
 
 HISTORIES = Path(__file__).parent / "histories"
+REPO = Path(__file__).resolve().parents[2]
+# Worker identities name the recording machine ("<pid>@<host>", also the prefix of each
+# worker's sticky task queue); replay never reads them.
+_IDENTITY = re.compile(r'"identity": "([^"]+)"')
+
+
+def scrubbed(text: str) -> str:
+    """A history with nothing of the recording machine in it: the stack traces of
+    failures name files relative to the repository or to site-packages, identities are
+    neutral. Replay compares commands, not these."""
+    for site in sorted({p for p in sys.path if p.endswith("site-packages")}, key=len, reverse=True):
+        text = text.replace(site.rstrip("/") + "/", "site-packages/")
+    text = text.replace(str(REPO) + "/", "")
+    for identity in set(_IDENTITY.findall(text)):
+        text = text.replace(f'"{identity}"', '"recorder"').replace(f'"{identity}-', '"recorder-')
+    return text
+
+
 SCENARIOS = ("completed", "nsfw_refused", "cancelled", "transient_resubmit")
 ANIMATE = "bitbuddies/animate"
 ANALYZE = "bitbuddies/analyze"
@@ -134,7 +154,7 @@ async def record(cfg: supervisor.StackConfig, scenarios: list[str], out: Path) -
                 await asyncio.wait_for(handle.result(), 120)
             history = await handle.fetch_history()
             path = out / f"{name}.json"
-            text = history.to_json()
+            text = scrubbed(history.to_json())
             json.loads(text)  # well-formed
             path.write_text(text + "\n")
             print(
