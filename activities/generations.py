@@ -1,20 +1,20 @@
-"""The end of a generation: package the character, record the outcome, refund on
-failure, tell the owner. Each activity is idempotent, so Temporal may retry it freely."""
+"""The end of a generation: package the character, deliver it or settle the generation
+(billing/settlement.py), tell the owner. Each activity is idempotent, so Temporal may
+retry it freely."""
 
 from __future__ import annotations
 
 import asyncio
 from datetime import UTC, datetime
-from typing import Any
 from uuid import UUID
 
 from temporalio import activity
 
 from activities.media import transcode_character
 from activities.runtime import Runtime
-from billing import ledger
+from billing import settlement
 from infra import progress
-from infra.alerts import send_owner_alert, workflow_link
+from infra.alerts import alert_owner
 from infra.database import records
 from infra.storage import keys
 from workflows import contract
@@ -22,9 +22,8 @@ from workflows.contract import (
     AlertInput,
     CharacterAssets,
     CompleteInput,
-    FailInput,
-    RefundInput,
-    RefundResult,
+    SettleInput,
+    SettleResult,
     TranscodeInput,
 )
 
@@ -68,8 +67,8 @@ class GenerationActivities:
         """Record the character, the generation's success and its terminal event in one
         transaction, then announce it."""
         assets = done.assets
-        async with self.rt.db.connection() as conn, conn.transaction():
-            await records.insert_character(
+        async with self.rt.db.connection() as conn:
+            terminal = await settlement.deliver(
                 conn,
                 records.Character(
                     id=UUID(done.character_id),
@@ -84,94 +83,35 @@ class GenerationActivities:
                     created_at=datetime.now(UTC),
                 ),
             )
-            await records.finish_generation(
-                conn,
-                UUID(done.generation_id),
-                status="completed",
-                step="completed",
-                character_id=UUID(done.character_id),
-            )
-            terminal = await progress.append(
-                conn,
-                done.generation_id,
-                event="completed",
-                dedupe="terminal",
-                step="completed",
-                message=contract.READY,
-                percent=100,
-                character_id=done.character_id,
-            )
         await progress.announce(self.rt.redis, done.generation_id, terminal)
 
-    @activity.defn(name=contract.REFUND_TOKEN)
-    async def refund_token(self, refund: RefundInput) -> RefundResult:
-        async with self.rt.db.connection() as conn, conn.transaction():
-            try:
-                entry = await ledger.refund(
-                    conn,
-                    charge_key=ledger.charge_key(UUID(refund.generation_id)),
-                    idempotency_key=refund.idempotency_key,
-                    reason=refund.reason[:500],
-                )
-            except ledger.NothingToRefund:
-                activity.logger.warning("no charge to refund for %s", refund.generation_id)
-                return RefundResult(refunded=False, ledger_entry_id=None)
-        activity.logger.info("refunded generation %s (entry %s)", refund.generation_id, entry.id)
-        return RefundResult(refunded=True, ledger_entry_id=entry.id)
-
-    @activity.defn(name=contract.FAIL_GENERATION)
-    async def fail_generation(self, failure: FailInput) -> None:
-        """Record the failure and the one terminal event together, then announce it."""
-        async with self.rt.db.connection() as conn, conn.transaction():
-            await records.finish_generation(
+    @activity.defn(name=contract.SETTLE_GENERATION)
+    async def settle_generation(self, ending: SettleInput) -> SettleResult:
+        """Refund, record the ending and its terminal event in one transaction, then
+        announce it (billing/settlement.py)."""
+        async with self.rt.db.connection() as conn:
+            settled = await settlement.settle(
                 conn,
-                UUID(failure.generation_id),
-                status=failure.status,
-                step=failure.step,
-                error=failure.message,
-                error_code=failure.error_code,
+                UUID(ending.generation_id),
+                settlement.Ending(
+                    status=ending.status,
+                    step=ending.step,
+                    error_code=ending.error_code,
+                    message=ending.message,
+                    percent=ending.percent,
+                ),
+                settled_by=ending.settle_id,
+                reason=ending.reason,
             )
-            terminal = await progress.append(
-                conn,
-                failure.generation_id,
-                event="failed",
-                dedupe="terminal",
-                step=failure.step,
-                message=failure.message,
-                percent=failure.percent,
-                error_code=failure.error_code,
-                status=failure.status,
-                refunded=failure.refunded,
-            )
-        await progress.announce(self.rt.redis, failure.generation_id, terminal)
+        activity.logger.info(
+            "settled: %s at %s (%s)",
+            ending.error_code,
+            ending.step,
+            "refunded" if settled.refunded else "nothing to refund",
+        )
+        await progress.announce(self.rt.redis, ending.generation_id, settled.event)
+        return SettleResult(refunded=settled.refunded)
 
     @activity.defn(name=contract.SEND_ALERT)
     async def send_alert(self, alert: AlertInput) -> None:
-        settings = self.rt.settings
-        url = workflow_link(settings, alert.workflow_id, alert.run_id)
-        await asyncio.to_thread(
-            send_owner_alert,
-            settings,
-            title=alert.title,
-            message=f"{alert.message}\nuser: {alert.user_id}\nworkflow: {alert.workflow_id}",
-            url=url,
-        )
-
-
-def all_activities(runtime: Runtime) -> tuple[list[Any], list[Any]]:
-    """(activities for the main task queue, activities for the media task queue)."""
-    from activities.models import ModelActivities
-
-    models = ModelActivities(runtime)
-    generations = GenerationActivities(runtime)
-    main = [
-        models.submit_model_job,
-        models.poll_model_job,
-        models.fetch_model_result,
-        models.release_model_job,
-        generations.complete_generation,
-        generations.refund_token,
-        generations.fail_generation,
-        generations.send_alert,
-    ]
-    return main, [generations.transcode]
+        await asyncio.to_thread(alert_owner, self.rt.settings, alert)

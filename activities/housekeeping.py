@@ -35,14 +35,14 @@ from temporalio.client import Client
 from temporalio.service import RPCError, RPCStatusCode
 
 from activities.runtime import Runtime
-from billing import ledger
+from billing import settlement
 from infra import progress
-from infra.alerts import send_owner_alert, workflow_link
+from infra.alerts import alert_owner
 from infra.database import permits, records
 from infra.falclient import cancel_job
 from infra.storage import keys
 from workflows import contract
-from workflows.contract import SweepReport
+from workflows.contract import INTERNAL_FAILURE, SweepReport, failure_alert
 from workflows.lifecycle import StartFailed, start_or_refund
 
 log = logging.getLogger("bitbuddies.housekeeping")
@@ -138,40 +138,19 @@ class Sweeper:
     async def _abandon(
         self, conn: Any, generation: records.Generation, why: str, run_id: str | None
     ) -> None:
-        """Refund (at most once per charge, whoever else refunds), record and announce the
-        failure, then stop its provider jobs and free their permits."""
-        async with conn.transaction():
-            try:
-                await ledger.refund(
-                    conn,
-                    charge_key=ledger.charge_key(generation.id),
-                    idempotency_key=f"generation:{generation.id}:abandoned",
-                    reason=why,
-                )
-                refunded = True
-            except ledger.NothingToRefund:
-                refunded = False
-            await records.finish_generation(
-                conn,
-                generation.id,
-                status="failed",
-                step=generation.step,
-                error=contract.INTERNAL_FAILURE,
-                error_code="internal",
-            )
-            terminal = await progress.append(
-                conn,
-                str(generation.id),
-                event="failed",
-                dedupe="terminal",
-                step=generation.step or "queued",
-                message=contract.INTERNAL_FAILURE,
-                percent=0,
-                error_code="internal",
-                status="failed",
-                refunded=refunded,
-            )
-        await progress.announce(self.redis, str(generation.id), terminal)
+        """Settle it (billing/settlement.py) and announce that, then stop its provider
+        jobs and free their permits, then tell the owner."""
+        step = generation.step or "queued"
+        settled = await settlement.settle(
+            conn,
+            generation.id,
+            settlement.Ending(
+                status="failed", step=step, error_code="internal", message=INTERNAL_FAILURE
+            ),
+            settled_by="sweep",
+            reason=why,
+        )
+        await progress.announce(self.redis, str(generation.id), settled.event)
         stopped, freed = await self._free_permits(conn, generation.id)
         context = {"generation_id": generation.id, "user_id": generation.user_id}
         log.error(
@@ -181,18 +160,16 @@ class Sweeper:
             stopped,
             extra=context,
         )
-        await asyncio.to_thread(
-            send_owner_alert,
-            self.settings,
-            title=f"BitBuddy abandoned at {generation.step or 'queued'}",
-            message=(
-                f"{why}\n"
-                + ("token refunded" if refunded else "NO REFUND: check the ledger")
-                + f"\nprovider jobs stopped: {stopped}"
-                + f"\nuser: {generation.user_id}\nworkflow: {generation.id}"
-            ),
-            url=workflow_link(self.settings, str(generation.id), run_id),
+        alert = failure_alert(
+            what="abandoned",
+            step=step,
+            detail=f"{why}\nprovider jobs stopped: {stopped}",
+            refunded=settled.refunded,
+            workflow_id=str(generation.id),
+            run_id=run_id,
+            user_id=str(generation.user_id),
         )
+        await asyncio.to_thread(alert_owner, self.settings, alert)
 
     async def _free_permits(self, conn: Any, generation_id: UUID) -> tuple[int, int]:
         """Stop the jobs that still hold an ended generation's provider permits, freeing

@@ -18,7 +18,9 @@ from api.docs import install_docs
 from api.errors import install_error_handlers
 from api.limits import Limits
 from api.middleware import MULTIPART_OVERHEAD, BodyLimit, HostGuard, SecurityHeaders
-from api.passwords import Passwords
+from api.services.accounts import AccountService
+from api.services.generations import GenerationService
+from api.services.passwords import Passwords
 from infra.database import open_pool
 from infra.logging import configure_logging
 from infra.settings import Settings, get_settings
@@ -67,9 +69,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.temporal = await connect(settings)
         app.state.storage = storage_from_settings(settings)
         app.state.limits = Limits.from_settings(settings)
-        app.state.passwords = Passwords(
+        passwords = Passwords(
             concurrency=settings.password_hash_concurrency,
             max_wait=settings.password_hash_max_wait_seconds,
+        )
+        app.state.accounts = AccountService(app.state.db, settings, passwords)
+        app.state.generations = GenerationService(
+            app.state.db, app.state.storage, app.state.temporal, settings
         )
         app.state.hub = streams.ProgressHub(app.state.redis, app.state.db)
         await app.state.hub.start()

@@ -8,8 +8,9 @@ from uuid import UUID
 from fastapi import APIRouter
 
 from api.deps import ConnDep, CurrentUser, StorageDep
-from api.errors import NotFound, documented
+from api.errors import documented
 from api.schemas import CharacterAssets, CharacterList, CharacterPublic
+from api.services.errors import NotFound
 from infra.database import records
 from infra.storage import Storage
 

@@ -13,7 +13,9 @@ from psycopg_pool import AsyncConnectionPool
 from redis.asyncio import Redis
 from temporalio.client import Client
 
-from api.errors import Unauthorized
+from api.services.accounts import AccountService
+from api.services.errors import NotSignedIn
+from api.services.generations import GenerationService
 from infra.database import records
 from infra.settings import Settings
 from infra.storage import Storage
@@ -57,7 +59,19 @@ def _storage(request: Request) -> Storage:
     return storage
 
 
+def _accounts(request: Request) -> AccountService:
+    accounts: AccountService = request.app.state.accounts
+    return accounts
+
+
+def _generations(request: Request) -> GenerationService:
+    generations: GenerationService = request.app.state.generations
+    return generations
+
+
 SettingsDep = Annotated[Settings, Depends(_settings)]
+AccountsDep = Annotated[AccountService, Depends(_accounts)]
+GenerationsDep = Annotated[GenerationService, Depends(_generations)]
 PoolDep = Annotated[AsyncConnectionPool[Any], Depends(_pool)]
 ConnDep = Annotated[AsyncConnection[dict[str, Any]], Depends(_connection, scope="function")]
 RedisDep = Annotated[Redis, Depends(_redis)]
@@ -72,10 +86,10 @@ async def _current_user(
     conn: ConnDep,
 ) -> records.User:
     if credentials is None or credentials.scheme.lower() != "bearer":
-        raise Unauthorized("Send your token as 'Authorization: Bearer <token>'.")
+        raise NotSignedIn("Send your token as 'Authorization: Bearer <token>'.")
     user = await records.user_for_token(conn, credentials.credentials)
     if user is None:
-        raise Unauthorized("This token is unknown or has expired; log in again.")
+        raise NotSignedIn("This token is unknown or has expired; log in again.")
     return user
 
 

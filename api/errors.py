@@ -1,4 +1,5 @@
-"""Business errors carry their HTTP status and a stable machine-readable code.
+"""Errors as HTTP. The services refuse with domain errors (api/services/errors.py);
+``STATUS_OF`` gives each its status and a stable machine-readable code.
 
 Every answer that is not a success has the same body, whoever produced it (our
 handlers, FastAPI's validation, Starlette's routing, the body-size guard, an unexpected
@@ -17,58 +18,36 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from api.services import errors
+from api.services.errors import DomainError
+
 log = logging.getLogger("bitbuddies.api")
 
 
-class ApiError(Exception):
-    status_code = 400
-    code = "bad_request"
-
-    def __init__(self, message: str, *, retry_after: int | None = None, **details: Any) -> None:
-        super().__init__(message)
-        self.message = message
-        self.details = details
-        self.retry_after = retry_after
-
-
-class Unauthorized(ApiError):
-    status_code, code = 401, "unauthorized"
-
-
-class PaymentRequired(ApiError):
-    status_code, code = 402, "insufficient_tokens"
-
-
-class NotFound(ApiError):
-    status_code, code = 404, "not_found"
+# Each refusal of a rule, as HTTP: its status and its stable code. The one place a domain
+# error meets HTTP; a subclass answers as its nearest listed ancestor.
+STATUS_OF: dict[type[DomainError], tuple[int, str]] = {
+    errors.NotSignedIn: (401, "unauthorized"),
+    errors.NoTokens: (402, "insufficient_tokens"),
+    errors.NotFound: (404, "not_found"),
+    errors.EmailTaken: (409, "conflict"),
+    errors.PhotoTooLarge: (413, "payload_too_large"),
+    errors.PhotoUnsupported: (415, "unsupported_media_type"),
+    errors.InvalidInput: (422, "invalid_request"),
+    errors.KeyReused: (422, "idempotency_key_reused"),
+    errors.WrongPassword: (401, "unauthorized"),
+    errors.RateLimited: (429, "rate_limited"),
+    errors.Busy: (503, "unavailable"),
+    errors.CouldNotStart: (503, "unavailable"),
+}
 
 
-class Conflict(ApiError):
-    status_code, code = 409, "conflict"
-
-
-class PayloadTooLarge(ApiError):
-    status_code, code = 413, "payload_too_large"
-
-
-class UnsupportedMediaType(ApiError):
-    status_code, code = 415, "unsupported_media_type"
-
-
-class Invalid(ApiError):
-    status_code, code = 422, "invalid_request"
-
-
-class IdempotencyKeyReused(ApiError):
-    status_code, code = 422, "idempotency_key_reused"
-
-
-class TooManyRequests(ApiError):
-    status_code, code = 429, "rate_limited"
-
-
-class Unavailable(ApiError):
-    status_code, code = 503, "unavailable"
+def status_of(err: DomainError) -> tuple[int, str]:
+    by_type: dict[type, tuple[int, str]] = dict(STATUS_OF)
+    for kind in type(err).__mro__:
+        if (answer := by_type.get(kind)) is not None:
+            return answer
+    return 400, "bad_request"
 
 
 # Codes for statuses that Starlette or the server raise without a business error.
@@ -106,17 +85,16 @@ def _message(err: dict[str, Any]) -> str:
 
 
 def install_error_handlers(app: FastAPI) -> None:
-    @app.exception_handler(ApiError)
-    async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
+    @app.exception_handler(DomainError)
+    async def _refused(_: Request, exc: DomainError) -> JSONResponse:
+        status, code = status_of(exc)
         headers: dict[str, str] = {}
-        if exc.status_code == 401:
+        if status == 401:
             headers["WWW-Authenticate"] = "Bearer"
         if exc.retry_after is not None:
             headers["Retry-After"] = str(exc.retry_after)
         return JSONResponse(
-            error_body(exc.code, exc.message, exc.details),
-            status_code=exc.status_code,
-            headers=headers or None,
+            error_body(code, exc.message, exc.details), status_code=status, headers=headers or None
         )
 
     @app.exception_handler(RequestValidationError)

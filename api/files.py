@@ -11,7 +11,8 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import StreamingResponse
 
 from api.deps import SettingsDep, StorageDep
-from api.errors import NotFound, Unauthorized, documented
+from api.errors import documented
+from api.services.errors import NotFound, NotSignedIn
 from infra.storage import ObjectNotFound
 from infra.storage.local import verify_signature
 
@@ -33,7 +34,7 @@ async def get_file(
 ) -> StreamingResponse:
     secret = settings.signing_secret.get_secret_value()
     if not verify_signature(key, expires, sig, secret=secret, now=time.time()):
-        raise Unauthorized("This link is invalid or has expired.")
+        raise NotSignedIn("This link is invalid or has expired.")
     try:
         size = await storage.size(key)
     except (ObjectNotFound, ValueError) as err:

@@ -50,6 +50,7 @@ async def healthz(request: Request) -> JSONResponse:
         "temporal": _temporal(request),
         "worker": _workers(request, settings.task_queue),
         "media_worker": _workers(request, settings.media_task_queue),
+        "housekeeping_worker": _workers(request, settings.housekeeping_task_queue),
     }
     results = await asyncio.gather(
         *(asyncio.wait_for(c, CHECK_TIMEOUT_SECONDS) for c in checks.values()),

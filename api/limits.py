@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from fastapi import Request
 from redis.asyncio import Redis
 
-from api.errors import TooManyRequests
+from api.services.errors import RateLimited
 from infra.ratelimit import Concurrency, Decision, FailureBackoff, Quota
 from infra.settings import Settings
 
@@ -51,7 +51,7 @@ def client_address(request: Request) -> str:
 
 def _refuse(decision: Decision, message: str) -> None:
     if not decision.allowed:
-        raise TooManyRequests(message, retry_after=decision.retry_after_header)
+        raise RateLimited(message, retry_after=decision.retry_after_header)
 
 
 async def signup_allowed(request: Request) -> None:

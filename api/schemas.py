@@ -7,7 +7,7 @@ from uuid import UUID
 
 from pydantic import BaseModel, Field, field_validator, model_validator
 
-from api import text
+from api.services import text
 from workflows.contract import Status
 
 GenerationStatus = Status

@@ -34,9 +34,10 @@ from redis.asyncio import Redis
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from api.deps import ConnDep, CurrentUser, RedisDep
-from api.errors import Invalid, TooManyRequests, documented
-from api.generations import owned_generation
+from api.errors import documented
 from api.limits import Limits
+from api.services.errors import InvalidInput, RateLimited
+from api.services.generations import owned_generation
 from infra import progress
 from infra.database import records
 from workflows.contract import READY, TERMINAL_STATUSES
@@ -245,7 +246,7 @@ def resume_point(value: str | None, name: str) -> int:
     if value is None or value == "":
         return 0
     if _EVENT_ID.fullmatch(value) is None or int(value) > MAX_EVENT_ID:
-        raise Invalid(f"{name} must be an event id: a whole number from 0 to {MAX_EVENT_ID}")
+        raise InvalidInput(f"{name} must be an event id: a whole number from 0 to {MAX_EVENT_ID}")
     return int(value)
 
 
@@ -297,7 +298,7 @@ async def generation_events(
     limits: Limits = request.app.state.limits
     holder, identity = uuid.uuid4().hex, str(user.id)
     if limits.enabled and not await limits.streams_per_user.claim(redis, identity, holder):
-        raise TooManyRequests(
+        raise RateLimited(
             "You have too many progress streams open; close one and try again.",
             retry_after=RETRY_AFTER_STREAMS,
         )

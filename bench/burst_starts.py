@@ -27,10 +27,10 @@ from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client, WorkflowHandle
 from temporalio.service import RPCError
 
-from api.client import User, signup
 from bench.bare import TASK_QUEUE, BareWorkflow
 from bench.harness import bare_worker, local_stack, percentile, sample_photo, timed_generation
 from infra import supervisor
+from tests.support.client import User, signup
 from workflows.contract import TERMINAL_STATUSES
 
 ENV = {

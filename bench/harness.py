@@ -12,11 +12,10 @@ import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 
-from api.client import Event, User
 from infra import supervisor
+from tests.support.client import Event, User
 
 
 @contextlib.contextmanager
@@ -137,7 +136,9 @@ def sample_photo(size: int | None = None) -> bytes:
     import cv2
     import numpy as np
 
-    raw = (resources.files("skimage") / "data" / "astronaut.png").read_bytes()
+    from tests.support.photos import photo
+
+    raw = photo("astronaut.png")
     if size is None:
         return raw
     image = cv2.imdecode(np.frombuffer(raw, np.uint8), cv2.IMREAD_COLOR)

@@ -23,11 +23,12 @@ import httpx
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client, WorkflowHistory
 
-from api.client import signup
 from bench import cpu
 from bench.bare import TASK_QUEUE, BareWorkflow
 from bench.harness import Summary, bare_worker, local_stack, sample_photo, timed_generation
 from infra import supervisor
+from tests.support.client import signup
+from workflows import contract
 
 ENV = {
     "BITBUDDIES_RENDER_SIZE": "256",
@@ -107,7 +108,7 @@ def _transcode_seconds(history: WorkflowHistory) -> float:
             started[event.activity_task_started_event_attributes.scheduled_event_id] = when
         elif event.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_COMPLETED:
             scheduled_id = event.activity_task_completed_event_attributes.scheduled_event_id
-            if scheduled.get(scheduled_id) == "transcode":
+            if scheduled.get(scheduled_id) == contract.TRANSCODE:
                 return when - started[scheduled_id]
     raise RuntimeError("no completed transcode activity in this history")
 

@@ -17,10 +17,10 @@ from collections import defaultdict
 
 import httpx
 
-from api.client import signup
 from bench.harness import Timed, local_stack, sample_photo, timed_generation
 from infra import supervisor
 from infra.settings import Settings
+from tests.support.client import signup
 
 
 def step_times(timed: Timed) -> dict[str, float]:

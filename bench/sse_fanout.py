@@ -36,11 +36,11 @@ import uvloop
 from psycopg_pool import AsyncConnectionPool
 from redis.asyncio import Redis
 
-from api.client import User, signup
 from bench import bare_sse
 from bench.harness import cpu_seconds, percentile, raise_open_files_limit, rss_bytes, running_stack
 from infra import progress, supervisor
 from infra.database import open_pool, records
+from tests.support.client import User, signup
 
 ENV = {
     "BITBUDDIES_RATE_LIMITS": "off",  # the poller and the streams are not abuse

@@ -205,6 +205,23 @@ async def entries_for_generation(conn: Conn, generation_id: UUID) -> list[Ledger
     return [LedgerEntry(**row) for row in await cur.fetchall()]
 
 
+# --- the keys entries are written under: every format is made here ----------------
+
+
 def charge_key(generation_id: UUID) -> str:
     """The one key a generation's charge is written under."""
     return f"generation:{generation_id}:charge"
+
+
+def refund_key(generation_id: UUID, settled_by: str) -> str:
+    """The key a generation's refund is written under. ``settled_by`` names who settled
+    it: the workflow (a ``workflow.uuid4()`` of its own, the same on every retry of its
+    settle activity), ``sweep`` or ``start``. A retry by the same settler finds its
+    entry; a second settler finds the charge already refunded (a charge is refunded at
+    most once, whatever the key), so no pair of them can refund twice."""
+    return f"generation:{generation_id}:refund:{settled_by}"
+
+
+def signup_grant_key(user_id: UUID) -> str:
+    """The one key a new account's free tokens are granted under."""
+    return f"signup:{user_id}"

@@ -8,6 +8,7 @@ from typing import Any
 from pushover_complete import PushoverAPI
 
 from infra.settings import Settings
+from workflows.contract import AlertInput
 
 log = logging.getLogger("bitbuddies.alerts")
 TIMEOUT_SECONDS = 10.0
@@ -50,6 +51,17 @@ def workflow_link(settings: Settings, workflow_id: str, run_id: str | None = Non
     """The Temporal UI page of a workflow (of one run, when known): where to look first."""
     base = f"{settings.temporal_ui_url}/namespaces/{settings.temporal_namespace}"
     return f"{base}/workflows/{workflow_id}" + (f"/{run_id}/history" if run_id else "")
+
+
+def alert_owner(settings: Settings, alert: AlertInput) -> None:
+    """Tell the owner about a generation, with who it was for and where to look. Blocks:
+    run it in a thread."""
+    send_owner_alert(
+        settings,
+        title=alert.title,
+        message=f"{alert.message}\nuser: {alert.user_id}\nworkflow: {alert.workflow_id}",
+        url=workflow_link(settings, alert.workflow_id, alert.run_id),
+    )
 
 
 def send_owner_alert(settings: Settings, *, title: str, message: str, url: str) -> None:

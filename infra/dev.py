@@ -1,9 +1,9 @@
 """`make dev`: every part of BitBuddies on this machine, under one supervisor.
 
-Starts Temporal (SQLite file), Redis, PostgreSQL, the local model server, the API and the
-worker; state lives in one data folder (default .data/) and survives a restart. Ctrl-C
-stops everything, in reverse order. If any part dies, everything stops and its log's
-last lines are shown.
+Starts Temporal (SQLite file), Redis, PostgreSQL, the local model server, one worker
+per pool (main, media, housekeeping: infra/worker.py) and the API; state lives in one
+data folder (default .data/) and survives a restart. Ctrl-C stops everything, in reverse
+order. If any part dies, everything stops and its log's last lines are shown.
 """
 
 from __future__ import annotations

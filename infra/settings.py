@@ -48,6 +48,11 @@ class Settings(BaseSettings):
     task_queue: str = MAIN_TASK_QUEUE
     media_task_queue: str = MEDIA_TASK_QUEUE
     housekeeping_task_queue: str = HOUSEKEEPING_TASK_QUEUE
+    # Activities each worker process runs at once, per pool (infra/worker.py). The main
+    # pool mostly waits on the network; media encodes (0: one per core).
+    worker_main_activities: int = Field(200, ge=1)
+    worker_media_activities: int = Field(0, ge=0)
+    worker_housekeeping_activities: int = Field(1, ge=1)
 
     # Models: fal.ai when FAL_KEY is set, else our local queue-protocol server.
     fal_key: SecretStr | None = Field(None, validation_alias="FAL_KEY")

@@ -487,16 +487,25 @@ def api(cfg: StackConfig) -> Managed:
     )
 
 
-def worker(cfg: StackConfig, name: str = "worker") -> Managed:
+def worker(cfg: StackConfig, pool: str) -> Managed:
+    """The worker process of one pool (infra/worker.py), named ``worker-<pool>``."""
+    name = f"worker-{pool}"
     ready_file = cfg.data_dir / "run" / f"{name}.ready"
     ready_file.unlink(missing_ok=True)
     return Managed(
         name,
-        [sys.executable, "-m", "infra.worker", "--ready-file", str(ready_file)],
+        [sys.executable, "-m", "infra.worker", "--pool", pool, "--ready-file", str(ready_file)],
         ready=ready_file.exists,
         env=cfg.app_env(),
         log_path=cfg.data_dir / "logs" / f"{name}.log",
     )
+
+
+def workers(cfg: StackConfig) -> list[Managed]:
+    """One worker process per pool of infra/worker.py, in its order."""
+    from infra.worker import POOLS
+
+    return [worker(cfg, pool) for pool in POOLS]
 
 
 def infrastructure(cfg: StackConfig) -> list[Managed]:
@@ -511,7 +520,7 @@ def start_all(
 ) -> list[Managed]:
     """Start every part in dependency order, migrating the database on the way.
 
-    Returns the started services, worker last but one and API last; if any part fails to
+    Returns the started services, the workers before the API and the API last; if any part fails to
     start, the ones already running are stopped before the error propagates. Each service
     joins ``started`` (when given) before it starts, so a caller interrupted at any point
     knows every process to stop.
@@ -527,7 +536,7 @@ def start_all(
         ensure_database(cfg)
         applied = asyncio.run(migrate(cfg.database_url))
         announce(f"database ready (migrations applied: {', '.join(applied) or 'none pending'})")
-        for service in (model_server(cfg), worker(cfg), api(cfg)):
+        for service in (model_server(cfg), *workers(cfg), api(cfg)):
             announce(f"starting {service.name} ...")
             started.append(service)
             service.start()

@@ -1,10 +1,17 @@
-"""The worker process: runs the workflows and every activity.
+"""The worker processes: one per pool, each polling its own task queue.
 
-Three task queues: the main one (the BitBuddy workflow and I/O-bound activities, many at
-once), a media queue for ffmpeg, capped at one encode per core so a burst of finishing
-generations cannot starve the workflow tasks of CPU, and the housekeeping queue, where
-the Housekeeping workflow that a Temporal Schedule starts runs its sweep. Each worker
-brings the schedules up to date when it starts (infra/schedules.py).
+``POOLS`` is the registry: for each pool, its task queue, its workflows, its activities
+and how many activities it runs at once (a setting). Keeping the pools apart means a
+burst of encodes on the media pool cannot starve the model polling and workflow tasks of
+the main pool of CPU, and a sweep never competes with either. ``make dev`` and the tests
+start one process per pool (infra/supervisor.py); ``--pool`` may be given more than once
+to run several pools in one process.
+
+    main          the BitBuddy workflow; model submit/poll/fetch/release; deliver,
+                  settle, alert
+    media         transcode (ffmpeg), one encode per core by default
+    housekeeping  the Housekeeping workflow its Temporal Schedule starts, and its sweep;
+                  this pool's worker brings the schedules up to date when it starts
 """
 
 from __future__ import annotations
@@ -15,13 +22,16 @@ import logging
 import os
 import signal
 import socket
+from collections.abc import Callable, Sequence
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+from temporalio.client import Client
 from temporalio.worker import Worker
 
-from activities.generations import all_activities
-from activities.housekeeping import HousekeepingActivities
-from activities.runtime import open_runtime
+from activities.runtime import Runtime, open_runtime
 from infra import liveness
 from infra.logging import configure_logging
 from infra.schedules import ensure_schedules
@@ -33,49 +43,117 @@ from workflows.housekeeping import HousekeepingWorkflow
 log = logging.getLogger("bitbuddies.worker")
 
 
-async def run_worker(settings: Settings, ready_file: Path | None = None) -> None:
-    client = await connect(settings)
-    async with open_runtime(settings) as runtime:
-        main_activities, media_activities = all_activities(runtime)
-        housekeeping = Worker(
-            client,
-            task_queue=settings.housekeeping_task_queue,
-            workflows=[HousekeepingWorkflow],
-            activities=[HousekeepingActivities(runtime).sweep],
-            max_concurrent_activities=1,
-        )
-        main = Worker(
-            client,
-            task_queue=settings.task_queue,
+def _main_activities(runtime: Runtime) -> list[Callable[..., Any]]:
+    from activities.generations import GenerationActivities
+    from activities.legacy import LegacyActivities
+    from activities.models import ModelActivities
+
+    models = ModelActivities(runtime)
+    generations = GenerationActivities(runtime)
+    legacy = LegacyActivities(runtime)
+    return [
+        models.submit_model_job,
+        models.poll_model_job,
+        models.fetch_model_result,
+        models.release_model_job,
+        generations.complete_generation,
+        generations.settle_generation,
+        generations.send_alert,
+        legacy.refund_token,
+        legacy.fail_generation,
+    ]
+
+
+def _media_activities(runtime: Runtime) -> list[Callable[..., Any]]:
+    from activities.generations import GenerationActivities
+
+    return [GenerationActivities(runtime).transcode]
+
+
+def _housekeeping_activities(runtime: Runtime) -> list[Callable[..., Any]]:
+    from activities.housekeeping import HousekeepingActivities
+
+    return [HousekeepingActivities(runtime).sweep]
+
+
+@dataclass(frozen=True)
+class Pool:
+    name: str
+    task_queue: Callable[[Settings], str]
+    workflows: Sequence[type]
+    activities: Callable[[Runtime], list[Callable[..., Any]]]
+    concurrency: Callable[[Settings], int]  # activities at once, in one process
+    keeps_schedules: bool = False
+
+
+POOLS: dict[str, Pool] = {
+    pool.name: pool
+    for pool in (
+        Pool(
+            "main",
+            task_queue=lambda s: s.task_queue,
             workflows=[BitBuddyWorkflow],
-            activities=main_activities,
-            max_concurrent_activities=200,
-        )
-        media = Worker(
-            client,
-            task_queue=settings.media_task_queue,
-            activities=media_activities,
-            max_concurrent_activities=max(1, os.cpu_count() or 1),
-        )
+            activities=_main_activities,
+            concurrency=lambda s: s.worker_main_activities,
+        ),
+        Pool(
+            "media",
+            task_queue=lambda s: s.media_task_queue,
+            workflows=[],
+            activities=_media_activities,
+            concurrency=lambda s: s.worker_media_activities or max(1, os.cpu_count() or 1),
+        ),
+        Pool(
+            "housekeeping",
+            task_queue=lambda s: s.housekeeping_task_queue,
+            workflows=[HousekeepingWorkflow],
+            activities=_housekeeping_activities,
+            concurrency=lambda s: s.worker_housekeeping_activities,
+            keeps_schedules=True,
+        ),
+    )
+}
+
+
+def _worker(client: Client, settings: Settings, runtime: Runtime, pool: Pool) -> Worker:
+    return Worker(
+        client,
+        task_queue=pool.task_queue(settings),
+        workflows=list(pool.workflows),
+        activities=pool.activities(runtime),
+        max_concurrent_activities=pool.concurrency(settings),
+    )
+
+
+async def run_worker(
+    settings: Settings, pool_names: Sequence[str], ready_file: Path | None = None
+) -> None:
+    pools = [POOLS[name] for name in pool_names]
+    client = await connect(settings)
+    async with open_runtime(settings) as runtime, AsyncExitStack() as running:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-
+        if any(pool.keeps_schedules for pool in pools):
+            await ensure_schedules(client, settings)
+        for pool in pools:
+            await running.enter_async_context(_worker(client, settings, runtime, pool))
+        queues = [pool.task_queue(settings) for pool in pools]
         identity = f"{socket.gethostname()}:{os.getpid()}"
-        queues = [settings.task_queue, settings.media_task_queue, settings.housekeeping_task_queue]
-        await ensure_schedules(client, settings)
-        async with main, media, housekeeping, liveness.beating(runtime.redis, queues, identity):
-            log.info(
-                "worker polling %s on %s (models: %s)",
-                ", ".join(queues),
-                settings.temporal_address,
-                "fal.ai" if not settings.uses_local_models else settings.model_server_url,
-            )
-            if ready_file is not None:
-                await asyncio.to_thread(_touch, ready_file)
-            await stop.wait()
-            log.info("worker stopping: finishing running activities")
+        await running.enter_async_context(liveness.beating(runtime.redis, queues, identity))
+        log.info(
+            "worker polling %s on %s (models: %s)",
+            ", ".join(
+                f"{p.task_queue(settings)} ({p.concurrency(settings)} at once)" for p in pools
+            ),
+            settings.temporal_address,
+            "fal.ai" if not settings.uses_local_models else settings.model_server_url,
+        )
+        if ready_file is not None:
+            await asyncio.to_thread(_touch, ready_file)
+        await stop.wait()
+        log.info("worker stopping: finishing running activities")
 
 
 def _touch(path: Path) -> None:
@@ -84,12 +162,18 @@ def _touch(path: Path) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description="Run the BitBuddies Temporal worker.")
+    parser = argparse.ArgumentParser(description="Run a BitBuddies Temporal worker.")
+    parser.add_argument(
+        "--pool",
+        action="append",
+        choices=sorted(POOLS),
+        help="the pool(s) to run (repeatable); default: every pool in this one process",
+    )
     parser.add_argument("--ready-file", type=Path, default=None)
     args = parser.parse_args()
     settings = get_settings()
     configure_logging(settings.log_level)
-    asyncio.run(run_worker(settings, args.ready_file))
+    asyncio.run(run_worker(settings, args.pool or list(POOLS), args.ready_file))
 
 
 if __name__ == "__main__":

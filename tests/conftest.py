@@ -1,6 +1,9 @@
 """One real stack per test session: Temporal dev server, Redis, PostgreSQL, the local
-model server, a worker and the API, each a real process started by infra/supervisor.py
-exactly as `make dev` starts them (on free ports, in a temporary data folder)."""
+model server, one worker per pool (main, media, housekeeping) and the API, each a real
+process started by infra/supervisor.py exactly as `make dev` starts them (on free ports,
+in a temporary data folder).
+
+Also registered here, so every folder shares one: the GCS emulator (tests/support/gcs.py)."""
 
 from __future__ import annotations
 
@@ -9,8 +12,6 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
-from importlib.resources import files
-from pathlib import Path
 
 import httpx
 import pytest
@@ -19,8 +20,8 @@ from psycopg_pool import AsyncConnectionPool
 from billing import ledger
 from infra import supervisor
 from infra.database import open_pool
+from tests.support.gcs import gcs_emulator_url  # noqa: F401 (a fixture, registered here)
 
-FIXTURES = Path(__file__).parent / "fixtures"
 TEST_ENV = {
     # Small and short, so the whole pipeline runs in seconds on two cores.
     "BITBUDDIES_RENDER_SIZE": "256",
@@ -29,13 +30,13 @@ TEST_ENV = {
     "BITBUDDIES_MODEL_CONCURRENCY": "2",
     "BITBUDDIES_SIGNUP_TOKENS": "3",
     "BITBUDDIES_LOG_LEVEL": "INFO",
-    # Every test signs up from 127.0.0.1; tests/test_rate_limits.py turns limits on.
+    # Every test signs up from 127.0.0.1; tests/api/test_rate_limits.py turns limits on.
     "BITBUDDIES_RATE_LIMITS": "off",
     "BITBUDDIES_API_REDIS_CONNECTIONS": "8",  # small, so a test can see the bound hold
     "BITBUDDIES_SWEEP_INTERVAL_SECONDS": "1",
     # only the sweeper test's backdated generation is old enough; other tests insert rows too
     "BITBUDDIES_STALE_QUEUED_SECONDS": "1800",
-    # tests that look at stored inputs are not raced; tests/test_retention.py backdates
+    # tests that look at stored inputs are not raced; tests/e2e/test_retention.py backdates
     "BITBUDDIES_FILES_RETENTION_SECONDS": "3600",
 }
 
@@ -83,22 +84,17 @@ async def ledger_kinds(db: AsyncConnectionPool, generation_id: str | uuid.UUID) 
     return [e.kind for e in entries]
 
 
-def photo(name: str) -> bytes:
-    """Public-domain photos shipped inside scikit-image's wheel (never imported)."""
-    return (files("skimage") / "data" / name).read_bytes()
-
-
 @dataclass
 class Stack:
     cfg: supervisor.StackConfig
-    worker: supervisor.Managed
+    worker: supervisor.Managed  # the main pool's: the workflow and the model steps
     api: supervisor.Managed
     model_server: supervisor.Managed
     redis: supervisor.Managed
 
     def restart_worker(self) -> None:
         self.worker.stop()
-        self.worker = supervisor.worker(self.cfg)
+        self.worker = supervisor.worker(self.cfg, "main")
         self.worker.start()
 
     def restart_api(self, down_seconds: float) -> None:
@@ -135,7 +131,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         by_name = {s.name: s for s in started}
         stack = Stack(
             cfg=cfg,
-            worker=by_name["worker"],
+            worker=by_name["worker-main"],
             api=by_name["api"],
             model_server=by_name["model-server"],
             redis=by_name["redis"],

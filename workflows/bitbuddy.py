@@ -31,14 +31,15 @@ with workflow.unsafe.imports_passed_through():
         RELEASE_OPTIONS,
         SEGMENT_IMAGE,
         SEGMENT_VIDEO,
+        SETTLE_OPTIONS,
         SUBMIT_OPTIONS,
         TRANSCODE_OPTIONS,
         TRANSCODE_PERCENT,
-        AlertInput,
         BitBuddyInput,
         BitBuddyResult,
         CharacterAssets,
         CompleteInput,
+        EndedBadly,
         FailInput,
         GenerationStatus,
         ModelJob,
@@ -47,6 +48,8 @@ with workflow.unsafe.imports_passed_through():
         RefundInput,
         RefundResult,
         ReleaseInput,
+        SettleInput,
+        SettleResult,
         Step,
         TranscodeInput,
     )
@@ -56,6 +59,10 @@ with workflow.unsafe.imports_passed_through():
 # path without one is unchanged, and a history recorded before (no marker) replays the
 # old way: the failure fails the generation.
 TRANSIENT_RESUBMIT_PATCH = "transient-resubmit"
+# Marks histories recorded by code that settles a generation that did not complete in one
+# activity (refund, outcome and terminal event in one transaction). Consulted only on the
+# way out of a failure; a history without it refunds and records in two activities.
+SETTLE_PATCH = "settle-in-one-activity"
 
 
 T = TypeVar("T")
@@ -99,7 +106,7 @@ class BitBuddyWorkflow:
         try:
             return await self._generate(job)
         except (Exception, asyncio.CancelledError) as err:
-            await self._refund_and_report(job, err)
+            await self._settle(job, err)
             raise
 
     async def _generate(self, job: BitBuddyInput) -> BitBuddyResult:
@@ -272,25 +279,71 @@ class BitBuddyWorkflow:
                 if cancelled:  # while releasing: not to be lost before a resubmission
                     raise asyncio.CancelledError()
 
-    async def _refund_and_report(self, job: BitBuddyInput, err: BaseException) -> None:
+    async def _settle(self, job: BitBuddyInput, err: BaseException) -> None:
+        """Refund, record the ending and announce it (one activity, one transaction),
+        then alert the owner when the failure was ours."""
         cancelled = isinstance(err, asyncio.CancelledError) or is_cancelled_exception(err)
         rejection = _rejection(err)
         if cancelled:
             code, message = "cancelled", contract.CANCELLED
         elif rejection is not None:
             code, message = rejection
-            message = f"{message} {contract.REFUNDED}"
         else:
             code, message = "internal", contract.INTERNAL_FAILURE
-        info = workflow.info()
+        status: EndedBadly = "cancelled" if cancelled else "failed"
+        reason = f"{code} at {self._step}: {_describe(err)}"
+        if workflow.patched(SETTLE_PATCH):
+            settled, _ = await _uncancelled(
+                workflow.execute_activity(
+                    contract.SETTLE_GENERATION,
+                    SettleInput(
+                        generation_id=job.generation_id,
+                        status=status,
+                        step=self._step,
+                        error_code=code,
+                        message=message,
+                        percent=self._percent,
+                        settle_id=str(workflow.uuid4()),
+                        reason=reason,
+                    ),
+                    result_type=SettleResult,
+                    **SETTLE_OPTIONS,
+                )
+            )
+            refunded = settled.refunded
+        else:
+            refunded = await self._refund_then_record(job, status, code, message, reason)
+        if code == "internal":
+            info = workflow.info()
+            await _uncancelled(
+                workflow.execute_activity(
+                    contract.SEND_ALERT,
+                    contract.failure_alert(
+                        what="failed",
+                        step=self._step,
+                        detail=_describe(err),
+                        refunded=refunded,
+                        workflow_id=info.workflow_id,
+                        run_id=info.run_id,
+                        user_id=job.user_id,
+                    ),
+                    **ALERT_OPTIONS,
+                )
+            )
+
+    async def _refund_then_record(
+        self, job: BitBuddyInput, status: EndedBadly, code: str, message: str, reason: str
+    ) -> bool:
+        """The settle of histories recorded before SETTLE_PATCH: two activities (kept
+        registered in activities/legacy.py). Remove with the patch."""
+        refund: RefundResult
         refund, _ = await _uncancelled(
             workflow.execute_activity(
                 contract.REFUND_TOKEN,
                 RefundInput(
                     generation_id=job.generation_id,
-                    # Stable across retries of this activity, distinct from every other key.
                     idempotency_key=f"refund:{workflow.uuid4()}",
-                    reason=f"{code} at {self._step}: {_describe(err)}",
+                    reason=reason,
                 ),
                 result_type=RefundResult,
                 **REFUND_OPTIONS,
@@ -301,37 +354,17 @@ class BitBuddyWorkflow:
                 contract.FAIL_GENERATION,
                 FailInput(
                     generation_id=job.generation_id,
-                    status="cancelled" if cancelled else "failed",
+                    status=status,
                     step=self._step,
                     error_code=code,
-                    message=message,
+                    message=contract.settled_message(message, refunded=refund.refunded),
                     refunded=refund.refunded,
                     percent=self._percent,
                 ),
                 **RECORD_OPTIONS,
             )
         )
-        if code == "internal":
-            await _uncancelled(
-                workflow.execute_activity(
-                    contract.SEND_ALERT,
-                    AlertInput(
-                        title=f"BitBuddy failed at {self._step}",
-                        message=(
-                            f"{_describe(err)}\n"
-                            + (
-                                "token refunded"
-                                if refund.refunded
-                                else "NO REFUND: check the ledger"
-                            )
-                        ),
-                        workflow_id=info.workflow_id,
-                        run_id=info.run_id,
-                        user_id=job.user_id,
-                    ),
-                    **ALERT_OPTIONS,
-                )
-            )
+        return refund.refunded
 
 
 def _rejection(err: BaseException) -> tuple[str, str] | None:

@@ -3,7 +3,7 @@ its names (workflow, activities, task queues), its status vocabulary, its step t
 the options each activity runs with, and every message a user reads.
 
 The API, the workers and the workflow all import this module and nothing heavier: it
-loads no activity, model, media or provider library (tests/test_import_boundary.py
+loads no activity, model, media or provider library (tests/api/test_import_boundary.py
 holds it to that), so the API can start workflows and read their outcomes without
 them. Payloads are plain dataclasses, serialised by field name: moving one between
 modules changes nothing in a recorded history; renaming a field does.
@@ -37,9 +37,12 @@ FETCH_MODEL_RESULT: Final = "fetch_model_result"
 RELEASE_MODEL_JOB: Final = "release_model_job"
 TRANSCODE: Final = "transcode"
 COMPLETE_GENERATION: Final = "complete_generation"
+SETTLE_GENERATION: Final = "settle_generation"
+SEND_ALERT: Final = "send_alert"
+# Registered for workflows whose histories predate SETTLE_GENERATION, which refund and
+# record in two activities (activities/legacy.py).
 REFUND_TOKEN: Final = "refund_token"  # noqa: S105 (an activity, not a secret)
 FAIL_GENERATION: Final = "fail_generation"
-SEND_ALERT: Final = "send_alert"
 SWEEP: Final = "sweep"
 
 # --- statuses ---------------------------------------------------------------------
@@ -57,9 +60,15 @@ READY: Final = "Your BitBuddy is ready!"
 REFUNDED: Final = "Your token has been refunded."
 NSFW_REFUSED: Final = "This photo can't be used: it looks like it isn't safe for work."
 UNUSABLE_PHOTO: Final = "This photo can't be used."  # followed by the problems found
-CANCELLED: Final = f"Cancelled. {REFUNDED}"
-INTERNAL_FAILURE: Final = f"Something went wrong while making your BitBuddy. {REFUNDED}"
-START_FAILED: Final = f"We couldn't start your BitBuddy. {REFUNDED} Try again."
+CANCELLED: Final = "Cancelled."
+INTERNAL_FAILURE: Final = "Something went wrong while making your BitBuddy."
+START_FAILED: Final = "We couldn't start your BitBuddy. Try again."
+
+
+def settled_message(message: str, *, refunded: bool) -> str:
+    """What the owner of a generation that did not complete reads: why, then whether
+    their token came back (the only place that says so)."""
+    return f"{message} {REFUNDED}" if refunded else message
 
 
 def resubmitting(attempt: int, resubmits: int) -> str:
@@ -226,6 +235,27 @@ class CompleteInput:
 
 
 @dataclass
+class SettleInput:
+    """A generation that did not complete, to settle: refund, record, announce."""
+
+    generation_id: str
+    status: EndedBadly
+    step: str
+    error_code: str
+    message: str  # without the refund sentence (settled_message adds it)
+    percent: int
+    # A workflow.uuid4(): the same on every retry of the activity; the ledger makes the
+    # refund's key of it.
+    settle_id: str
+    reason: str  # for the ledger: what broke, where
+
+
+@dataclass
+class SettleResult:
+    refunded: bool
+
+
+@dataclass
 class RefundInput:
     generation_id: str
     idempotency_key: str
@@ -254,8 +284,28 @@ class AlertInput:
     title: str
     message: str
     workflow_id: str
-    run_id: str
+    run_id: str | None
     user_id: str
+
+
+def failure_alert(
+    *,
+    what: str,
+    step: str,
+    detail: str,
+    refunded: bool,
+    workflow_id: str,
+    run_id: str | None,
+    user_id: str,
+) -> AlertInput:
+    """The owner's alert for a generation that failed (``what``: "failed", "abandoned")."""
+    return AlertInput(
+        title=f"BitBuddy {what} at {step}",
+        message=f"{detail}\n" + ("token refunded" if refunded else "NO REFUND: check the ledger"),
+        workflow_id=workflow_id,
+        run_id=run_id,
+        user_id=user_id,
+    )
 
 
 # --- the options the workflow runs each activity with ----------------------------
@@ -313,12 +363,13 @@ RECORD_OPTIONS: dict[str, Any] = {
     "schedule_to_close_timeout": timedelta(hours=24),
 }
 # A refund must land: retry (safely, it is idempotent) for up to a day before giving up
-# and telling the owner.
+# and telling the owner. Settling is a refund.
 REFUND_OPTIONS: dict[str, Any] = {
     "start_to_close_timeout": timedelta(seconds=30),
     "retry_policy": RetryPolicy(maximum_interval=timedelta(minutes=1), maximum_attempts=0),
     "schedule_to_close_timeout": timedelta(hours=24),
 }
+SETTLE_OPTIONS: dict[str, Any] = REFUND_OPTIONS
 ALERT_OPTIONS: dict[str, Any] = {
     "start_to_close_timeout": timedelta(seconds=30),
     "retry_policy": RetryPolicy(maximum_attempts=5, maximum_interval=timedelta(seconds=30)),

@@ -3,8 +3,8 @@ and from housekeeping (a generation charged but left queued when the API died). 
 side only: the workflow itself never imports this module.
 
 Starting is safe to repeat: the workflow id is the generation id, and a finished run is
-never started again. If Temporal refuses, the charge is undone in the same transaction
-that records the failure and its terminal progress event.
+never started again. If Temporal refuses, the generation is settled (refunded, recorded,
+its terminal event written, in one transaction).
 """
 
 from __future__ import annotations
@@ -17,8 +17,7 @@ from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
-from billing import ledger
-from infra import progress
+from billing import settlement
 from infra.database import records
 from infra.database.records import Conn
 from infra.settings import Settings
@@ -95,32 +94,14 @@ async def _workflow_exists(client: Client, generation: records.Generation) -> bo
 
 
 async def _undo_charge(conn: Conn, generation: records.Generation, why: str) -> None:
-    """Refund, record the failure and its terminal event in one transaction. Nobody is
-    told through Redis: the caller answers 503, and any stream of it reads the log."""
-    async with conn.transaction():
-        await ledger.refund(
-            conn,
-            charge_key=ledger.charge_key(generation.id),
-            idempotency_key=f"generation:{generation.id}:start-failed",
-            reason=why,
-        )
-        await records.finish_generation(
-            conn,
-            generation.id,
-            status="failed",
-            step="queued",
-            error_code="unavailable",
-            error=contract.START_FAILED,
-        )
-        await progress.append(
-            conn,
-            str(generation.id),
-            event="failed",
-            dedupe="terminal",
-            step="queued",
-            message=contract.START_FAILED,
-            percent=0,
-            error_code="unavailable",
-            status="failed",
-            refunded=True,
-        )
+    """Settle it (billing/settlement.py). Nobody is told through Redis: the caller
+    answers 503, and any stream of it reads the log."""
+    await settlement.settle(
+        conn,
+        generation.id,
+        settlement.Ending(
+            status="failed", step="queued", error_code="unavailable", message=contract.START_FAILED
+        ),
+        settled_by="start",
+        reason=why,
+    )

@@ -23,13 +23,12 @@ from workflows.contract import (
     AlertInput,
     CharacterAssets,
     CompleteInput,
-    FailInput,
     ModelJob,
     ModelOutput,
     ModelStepInput,
-    RefundInput,
-    RefundResult,
     ReleaseInput,
+    SettleInput,
+    SettleResult,
     TranscodeInput,
 )
 
@@ -240,15 +239,10 @@ class Registry:
     async def complete_generation(self, done: CompleteInput) -> None:
         await self._fakes().run(contract.COMPLETE_GENERATION, done, "completed")
 
-    @activity.defn(name=contract.REFUND_TOKEN)
-    async def refund_token(self, refund: RefundInput) -> RefundResult:
-        fakes = self._fakes()
-        await fakes.run(contract.REFUND_TOKEN, refund, "refund")
-        return RefundResult(refunded=True, ledger_entry_id=len(fakes.of(contract.REFUND_TOKEN)))
-
-    @activity.defn(name=contract.FAIL_GENERATION)
-    async def fail_generation(self, failure: FailInput) -> None:
-        await self._fakes().run(contract.FAIL_GENERATION, failure)
+    @activity.defn(name=contract.SETTLE_GENERATION)
+    async def settle_generation(self, ending: SettleInput) -> SettleResult:
+        await self._fakes().run(contract.SETTLE_GENERATION, ending, "settle")
+        return SettleResult(refunded=True)
 
     @activity.defn(name=contract.SEND_ALERT)
     async def send_alert(self, alert: AlertInput) -> None:
@@ -261,8 +255,7 @@ class Registry:
             self.fetch_model_result,
             self.release_model_job,
             self.complete_generation,
-            self.refund_token,
-            self.fail_generation,
+            self.settle_generation,
             self.send_alert,
         ]
 

@@ -29,12 +29,14 @@ from pathlib import Path
 import httpx
 from temporalio.client import Client, WorkflowFailureError
 
-from api.client import Event, User, signup
 from infra import supervisor
-from tests.conftest import FIXTURES, TEST_ENV, photo
+from tests.conftest import TEST_ENV
+from tests.support.client import Event, User, signup
+from tests.support.paths import FIXTURES, REPO
+from tests.support.photos import photo
+from workflows import contract
 
 HISTORIES = Path(__file__).parent / "histories"
-REPO = Path(__file__).resolve().parents[2]
 # Worker identities name the recording machine ("<pid>@<host>", also the prefix of each
 # worker's sticky task queue); replay never reads them.
 _IDENTITY = re.compile(r'"identity": "([^"]+)"')
@@ -53,8 +55,8 @@ def scrubbed(text: str) -> str:
 
 
 SCENARIOS = ("completed", "nsfw_refused", "cancelled", "transient_resubmit")
-ANIMATE = "bitbuddies/animate"
-ANALYZE = "bitbuddies/analyze"
+ANIMATE = contract.ANIMATE.app
+ANALYZE = contract.ANALYZE.app
 
 
 async def _wait_for(predicate: Callable[[], Awaitable[bool]], timeout: float = 120.0) -> None:
@@ -99,7 +101,7 @@ async def nsfw_refused(http: httpx.AsyncClient, models: httpx.AsyncClient, tempo
 
 
 async def cancelled(http: httpx.AsyncClient, models: httpx.AsyncClient, temporal: Client) -> str:
-    # As tests/test_resilience.py's _start_slow_generation: animate runs for a while.
+    # As tests/e2e/test_resilience.py's _start_slow_generation: animate runs for a while.
     await _fault(models, ANIMATE, "delay", times=1, seconds=15)
     user = await signup(http)
     generation_id = str((await user.generate(photo("astronaut.png"))).json()["id"])
@@ -117,7 +119,7 @@ async def cancelled(http: httpx.AsyncClient, models: httpx.AsyncClient, temporal
 async def transient_resubmit(
     http: httpx.AsyncClient, models: httpx.AsyncClient, temporal: Client
 ) -> str:
-    # As tests/test_transient_faults.py: analyze cannot download its input, once.
+    # As tests/e2e/test_transient_faults.py: analyze cannot download its input, once.
     await _fault(models, ANALYZE, "download_error", times=1)
     user = await signup(http)
     generation_id = str((await user.generate(photo("astronaut.png"))).json()["id"])

@@ -21,10 +21,11 @@ from activities.model_errors import (
     MODEL_PROVIDER_UNAVAILABLE,
     MODEL_REQUEST_REJECTED,
 )
+from tests.support.steps import step_names
 from tests.workflows.conftest import Workers
 from tests.workflows.fakes import Fakes, job_failed, job_lost
 from workflows import contract
-from workflows.bitbuddy import TRANSIENT_RESUBMIT_PATCH, BitBuddyWorkflow
+from workflows.bitbuddy import SETTLE_PATCH, TRANSIENT_RESUBMIT_PATCH, BitBuddyWorkflow
 from workflows.contract import (
     MODEL_STEPS,
     POLL_MODEL_JOB,
@@ -37,11 +38,11 @@ from workflows.contract import (
 
 SUBMIT, POLL, FETCH = SUBMIT_MODEL_JOB, POLL_MODEL_JOB, contract.FETCH_MODEL_RESULT
 RELEASE, TRANSCODE = contract.RELEASE_MODEL_JOB, contract.TRANSCODE
-COMPLETE, REFUND = contract.COMPLETE_GENERATION, contract.REFUND_TOKEN
-FAIL, ALERT = contract.FAIL_GENERATION, contract.SEND_ALERT
+COMPLETE, SETTLE = contract.COMPLETE_GENERATION, contract.SETTLE_GENERATION
+ALERT = contract.SEND_ALERT
 STEPS = {s.name: s for s in MODEL_STEPS}
-FULL_BODY = ["nsfw_filter", "analyze", "cartoonify", "segment_image", "animate", "segment_video"]
-WITH_EXPAND = ["nsfw_filter", "analyze", "cartoonify", "expand", *FULL_BODY[3:]]
+FULL_BODY = step_names(expand=False)
+WITH_EXPAND = step_names(expand=True)
 RENDER = RenderSpec(size=256, fps=12, seconds=2.0, nsfw_threshold=0.5)
 PROMPT = "a knight in shining armour"
 RESULT_TIMEOUT = 20  # seconds of wall time; each test takes far less
@@ -111,6 +112,12 @@ async def markers(handle: WorkflowHandle[Any, Any]) -> list[str]:
     ]
 
 
+async def patches(handle: WorkflowHandle[Any, Any]) -> list[str]:
+    """The workflow's patches its history marks, in the order they were first consulted."""
+    known = (TRANSIENT_RESUBMIT_PATCH, SETTLE_PATCH)
+    return [p for m in await markers(handle) for p in known if p in m]
+
+
 async def timers(handle: WorkflowHandle[Any, Any]) -> list[timedelta]:
     history = await handle.fetch_history()
     return [
@@ -128,10 +135,12 @@ async def wait_until(predicate: Any, timeout: float = 10.0) -> None:
 
 
 def assert_refunded_once(fakes: Fakes, reason_prefix: str) -> None:
-    [refund] = fakes.of(REFUND)
-    assert refund.generation_id == fakes.generation_id
-    assert refund.idempotency_key.startswith("refund:")
-    assert refund.reason.startswith(reason_prefix), refund.reason
+    """Settled once (the settle activity refunds, records and ends the log together),
+    under a key of the workflow's own (a workflow.uuid4())."""
+    [settle] = fakes.of(SETTLE)
+    assert settle.generation_id == fakes.generation_id
+    assert uuid.UUID(settle.settle_id).version == 4
+    assert settle.reason.startswith(reason_prefix), settle.reason
 
 
 def assert_released(fakes: Fakes, step: str, *, request_id: bool = True) -> None:
@@ -156,7 +165,7 @@ async def test_a_generation_runs_every_step_in_order_and_completes(workers: Work
         (TRANSCODE, "transcode"),
         (COMPLETE, "completed"),
     ]
-    assert not fakes.of(REFUND) and not fakes.of(FAIL) and not fakes.of(ALERT)
+    assert not fakes.of(SETTLE) and not fakes.of(ALERT)
     assert not fakes.of(RELEASE)  # fetch releases a finished job's permit itself
     g, out = fakes.generation_id, fakes.outputs
     submits = {s.step: s for s in fakes.of(SUBMIT)}
@@ -269,19 +278,19 @@ async def test_an_nsfw_photo_is_refused_and_refunded_once_without_an_alert(
     assert isinstance(cause, ApplicationError) and cause.type == contract.PHOTO_REJECTED
     assert cause.non_retryable and list(cause.details) == ["nsfw"]
     assert fakes.model_steps() == ["nsfw_filter"]
-    assert fakes.sequence()[3:] == [(REFUND, "refund"), (FAIL, "")]
+    assert fakes.sequence()[3:] == [(SETTLE, "settle")]
     assert_refunded_once(fakes, "nsfw at nsfw_filter: ")
-    [fail] = fakes.of(FAIL)
+    [fail] = fakes.of(SETTLE)
     assert fail.status == "failed" and fail.error_code == "nsfw"
-    assert fail.message == f"{contract.NSFW_REFUSED} {contract.REFUNDED}"
-    assert (fail.step, fail.percent, fail.refunded) == ("nsfw_filter", 0, True)
+    assert fail.message == contract.NSFW_REFUSED  # the settle adds "refunded" once it is
+    assert (fail.step, fail.percent) == ("nsfw_filter", 0)
     assert not fakes.of(ALERT) and not fakes.of(RELEASE)
 
 
 async def test_a_photo_just_under_the_nsfw_threshold_goes_through(workers: Workers) -> None:
     handle, fakes = await start(workers, new_fakes(nsfw_filter={"nsfw_probability": 0.49}))
     await result(handle)
-    assert fakes.model_steps() == FULL_BODY and not fakes.of(REFUND)
+    assert fakes.model_steps() == FULL_BODY and not fakes.of(SETTLE)
 
 
 @pytest.mark.parametrize(
@@ -306,14 +315,14 @@ async def test_an_unusable_photo_is_refused_with_its_problems(
     assert list(cause.details) == ["unusable_photo"]
     assert fakes.model_steps() == ["nsfw_filter", "analyze"]
     assert_refunded_once(fakes, "unusable_photo at analyze: ")
-    [fail] = fakes.of(FAIL)
+    [fail] = fakes.of(SETTLE)
     assert (fail.status, fail.error_code, fail.step, fail.percent) == (
         "failed",
         "unusable_photo",
         "analyze",
         STEPS["analyze"].percent,
     )
-    assert fail.message == f"{message} {contract.REFUNDED}"
+    assert fail.message == message
     assert not fakes.of(ALERT) and not fakes.of(RELEASE)
 
 
@@ -337,18 +346,17 @@ async def test_a_model_step_that_fails_permanently_fails_refunds_once_and_alerts
     assert fakes.model_steps() == steps  # submitted once: a permanent failure is final
     # one attempt of the activity (non-retryable), then cleanup, refund, record, alert
     assert [c.attempt for c in fakes.calls if c.activity == activity_name][-1] == 1
-    tail = [RELEASE, REFUND, FAIL, ALERT]
-    assert [a for a, _ in fakes.sequence()][-4:] == tail
+    tail = [RELEASE, SETTLE, ALERT]
+    assert [a for a, _ in fakes.sequence()][-3:] == tail
     assert not fakes.of(TRANSCODE) and not fakes.of(COMPLETE)
     assert_released(fakes, step)
     assert_refunded_once(fakes, f"internal at {step}: ")
-    [fail] = fakes.of(FAIL)
-    assert (fail.status, fail.error_code, fail.step, fail.percent, fail.refunded) == (
+    [fail] = fakes.of(SETTLE)
+    assert (fail.status, fail.error_code, fail.step, fail.percent) == (
         "failed",
         "internal",
         step,
         STEPS[step].percent,
-        True,
     )
     assert fail.message == contract.INTERNAL_FAILURE
     [alert] = fakes.of(ALERT)
@@ -356,7 +364,8 @@ async def test_a_model_step_that_fails_permanently_fails_refunds_once_and_alerts
     assert f"{step}: model failed" in alert.message and alert.message.endswith("token refunded")
     assert (alert.workflow_id, alert.run_id) == (fakes.generation_id, handle.result_run_id)
     assert alert.user_id == fakes.of(SUBMIT)[0].user_id
-    assert await markers(handle) == []  # no transient failure: the patch never consulted
+    # No transient failure: that patch is never consulted; the settle's is.
+    assert await patches(handle) == [SETTLE_PATCH]
 
 
 async def test_a_request_the_provider_refuses_at_submit_is_released_by_its_key(
@@ -376,7 +385,7 @@ async def test_a_request_the_provider_refuses_at_submit_is_released_by_its_key(
     [submit] = [s for s in fakes.of(SUBMIT) if s.step == "cartoonify"]
     [release] = fakes.of(RELEASE)
     assert (release.idempotency_key, release.request_id) == (submit.idempotency_key, None)
-    assert [f.error_code for f in fakes.of(FAIL)] == ["internal"] and len(fakes.of(ALERT)) == 1
+    assert [f.error_code for f in fakes.of(SETTLE)] == ["internal"] and len(fakes.of(ALERT)) == 1
     assert_refunded_once(fakes, "internal at cartoonify: ")
 
 
@@ -409,7 +418,7 @@ async def test_a_lost_job_is_resubmitted_under_a_new_key_and_the_generation_comp
     assert [j.idempotency_key for j in fakes.of(FETCH) if j.step == "analyze"] == [
         second.idempotency_key
     ]
-    assert not fakes.of(REFUND) and not fakes.of(FAIL) and not fakes.of(ALERT)
+    assert not fakes.of(SETTLE) and not fakes.of(ALERT)
     assert len(fakes.of(COMPLETE)) == 1
     assert await timers(handle) == [timedelta(seconds=600)]
     [marker] = await markers(handle)
@@ -436,7 +445,7 @@ async def test_every_transient_type_from_poll_or_fetch_is_resubmitted(
     assert [r.idempotency_key for r in fakes.of(RELEASE)] == [
         next(s for s in fakes.of(SUBMIT) if s.step == "animate").idempotency_key
     ]
-    assert not fakes.of(REFUND)
+    assert not fakes.of(SETTLE)
 
 
 async def test_a_provider_outage_at_fetch_is_retried_by_the_activity_then_resubmitted(
@@ -457,7 +466,7 @@ async def test_a_provider_outage_at_fetch_is_retried_by_the_activity_then_resubm
     fetches = [c for c in fakes.calls if c.activity == FETCH and c.arg.step == "segment_video"]
     assert [c.attempt for c in fetches] == [1, 2, 3, 4, 5, 1]
     assert fakes.model_steps().count("segment_video") == 2
-    assert len(fakes.of(RELEASE)) == 1 and not fakes.of(REFUND)
+    assert len(fakes.of(RELEASE)) == 1 and not fakes.of(SETTLE)
 
 
 async def test_a_step_that_keeps_failing_transiently_fails_after_the_last_resubmission(
@@ -483,7 +492,7 @@ async def test_a_step_that_keeps_failing_transiently_fails_after_the_last_resubm
     # the backoff doubles: 5 s, then 10 s
     assert await timers(handle) == [timedelta(seconds=5), timedelta(seconds=10)]
     assert_refunded_once(fakes, "internal at cartoonify: ")
-    [fail] = fakes.of(FAIL)
+    [fail] = fakes.of(SETTLE)
     assert (fail.error_code, fail.step, fail.status) == ("internal", "cartoonify", "failed")
     assert len(fakes.of(ALERT)) == 1
     assert not fakes.of(TRANSCODE)
@@ -497,8 +506,8 @@ async def test_with_no_resubmits_allowed_a_transient_failure_fails_at_once(
     handle, fakes = await start(workers, fakes, retry=RetrySpec(resubmits=0, backoff_seconds=1))
     await failure(handle)
     assert fakes.model_steps() == ["nsfw_filter", "analyze"]
-    assert [f.error_code for f in fakes.of(FAIL)] == ["internal"]
-    assert await timers(handle) == [] and await markers(handle) == []
+    assert [f.error_code for f in fakes.of(SETTLE)] == ["internal"]
+    assert await timers(handle) == [] and await patches(handle) == [SETTLE_PATCH]
 
 
 # --- cancellation ----------------------------------------------------------------------
@@ -541,13 +550,13 @@ async def cancel_at(
 
 def assert_cancelled_at(fakes: Fakes, step: str, percent: int) -> None:
     assert_refunded_once(fakes, f"cancelled at {step}: ")
-    [fail] = fakes.of(FAIL)
+    [fail] = fakes.of(SETTLE)
     assert (fail.status, fail.error_code, fail.message) == (
         "cancelled",
         "cancelled",
         contract.CANCELLED,
     )
-    assert (fail.step, fail.percent, fail.refunded) == (step, percent, True)
+    assert (fail.step, fail.percent) == (step, percent)
     assert not fakes.of(ALERT)  # the user asked for it: nothing for the owner to look at
     assert not fakes.of(COMPLETE)
 
@@ -566,7 +575,7 @@ async def test_a_generation_cancelled_while_its_job_runs_stops_it_and_refunds(
 
     assert fakes.model_steps() == FULL_BODY[: FULL_BODY.index("animate") + 1]
     assert_released(fakes, "animate")
-    assert [a for a, _ in fakes.sequence()][-3:] == [RELEASE, REFUND, FAIL]
+    assert [a for a, _ in fakes.sequence()][-2:] == [RELEASE, SETTLE]
     assert_cancelled_at(fakes, "animate", STEPS["animate"].percent)
     assert not fakes.of(TRANSCODE)
     # The poll itself learns of it at its next heartbeat (the workflow does not wait).
@@ -649,23 +658,22 @@ async def test_a_cancellation_while_the_character_is_recorded_does_not_also_refu
     await outcome(handle)
     await wait_until(lambda: f"{COMPLETE}:completed done" in fakes.log)
 
-    assert not fakes.of(REFUND), "delivered and refunded"
-    assert not fakes.of(FAIL), "delivered and recorded as cancelled"
+    assert not fakes.of(SETTLE), "delivered and refunded, or recorded as cancelled"
 
 
-async def test_a_cancellation_during_the_refund_still_records_the_refusal(
+async def test_a_cancellation_during_the_settle_still_records_the_refusal(
     isolated_workers: Workers,
 ) -> None:
     fakes = new_fakes(nsfw_filter={"nsfw_probability": 0.9})
-    reached, refunded = fakes.hold(REFUND, "refund")
+    reached, refunded = fakes.hold(SETTLE, "settle")
     handle, fakes = await start(isolated_workers, fakes)
     await asyncio.wait_for(reached.wait(), RESULT_TIMEOUT)
     await cancellation_handled(handle)
     refunded.set()
     await outcome(handle)
 
-    assert len(fakes.of(REFUND)) == 1
-    assert [f.error_code for f in fakes.of(FAIL)] == ["nsfw"]
+    assert [f.error_code for f in fakes.of(SETTLE)] == ["nsfw"]
+    assert await patches(handle) == [SETTLE_PATCH]
 
 
 # --- a bug in the workflow's own code ------------------------------------------------
@@ -692,7 +700,7 @@ async def test_a_malformed_model_result_is_refunded_then_leaves_the_workflow_tas
         description = await handle.describe()
         assert description.status == WorkflowExecutionStatus.RUNNING
         assert_refunded_once(fakes, "internal at analyze: KeyError: 'usable'")
-        assert [f.error_code for f in fakes.of(FAIL)] == ["internal"]
+        assert [f.error_code for f in fakes.of(SETTLE)] == ["internal"]
         assert len(fakes.of(ALERT)) == 1
     finally:
         await handle.terminate()

@@ -9,7 +9,7 @@ it; only a thin rim of that range, where the subject merely passes by and most s
 agree with the median, keeps the median. Foreground is then colour distance to that
 background above a threshold, cleaned (open/close, largest blob, holes filled) and
 feathered slightly. On animate's output this gives a mean IoU of ~0.75-0.9 against
-the true alpha (measured in tests/modelserver).
+the true alpha (measured in tests/infra/modelserver).
 
 Parts of a subject that never move cannot be told from the background by motion;
 the animation therefore always sways the whole figure a little.

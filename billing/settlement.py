@@ -1,0 +1,137 @@
+"""How a generation ends: the one place that settles it.
+
+A charged token ends as a delivered character (``deliver``) or as exactly one refund
+(``settle``), and either way the generation's outcome and its terminal progress event
+are written in the same transaction as the money, so no reader ever sees one without
+the other. Three callers end generations that did not complete, all through ``settle``:
+
+- the workflow's settle activity, when a step failed, the photo was refused, or the
+  generation was cancelled;
+- the API, when Temporal refused to start the workflow of a generation it just charged;
+- housekeeping, for a generation whose workflow ended (or vanished) without settling.
+
+Each is safe to repeat and safe to race: a charge is refunded at most once whatever key
+the refund arrives with, the outcome is written once (the first one stands), and the log
+takes one terminal event. The functions run in the caller's connection; announce the
+returned event (``infra.progress.announce``) after the caller's commit.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from uuid import UUID
+
+from billing import ledger
+from infra import progress
+from infra.database import records
+from infra.database.records import Conn
+from infra.progress import ProgressEvent
+from workflows import contract
+from workflows.contract import EndedBadly
+
+
+@dataclass(frozen=True)
+class Ending:
+    """How a generation that did not complete ended, as its owner is told."""
+
+    status: EndedBadly
+    step: str
+    error_code: str
+    message: str  # without the refund sentence: settle adds it when a refund was made
+    percent: int = 0
+
+
+@dataclass(frozen=True)
+class Settled:
+    refunded: bool
+    event: ProgressEvent  # the terminal event that stands (the first one written)
+
+
+async def deliver(conn: Conn, character: records.Character) -> ProgressEvent:
+    """Record the character, the generation's success and its terminal event."""
+    async with conn.transaction():
+        await records.insert_character(conn, character)
+        await records.finish_generation(
+            conn,
+            character.generation_id,
+            status="completed",
+            step="completed",
+            character_id=character.id,
+        )
+        return await progress.append(
+            conn,
+            str(character.generation_id),
+            event="completed",
+            dedupe="terminal",
+            step="completed",
+            message=contract.READY,
+            percent=100,
+            character_id=str(character.id),
+        )
+
+
+async def settle(
+    conn: Conn, generation_id: UUID, ending: Ending, *, settled_by: str, reason: str
+) -> Settled:
+    """Refund the generation's charge (if it has one and it was not refunded yet), then
+    record the ending and its terminal event, in one transaction. ``settled_by`` makes
+    the refund's key (``ledger.refund_key``); ``reason`` goes into the ledger."""
+    async with conn.transaction():
+        refunded = await refund_charge(
+            conn,
+            generation_id,
+            idempotency_key=ledger.refund_key(generation_id, settled_by),
+            reason=reason,
+        )
+        event = await record_ending(
+            conn,
+            generation_id,
+            ending,
+            message=contract.settled_message(ending.message, refunded=refunded),
+            refunded=refunded,
+        )
+    return Settled(refunded=refunded, event=event)
+
+
+async def refund_charge(
+    conn: Conn, generation_id: UUID, *, idempotency_key: str, reason: str
+) -> bool:
+    """Refund the generation's charge; False when it was never charged."""
+    try:
+        await ledger.refund(
+            conn,
+            charge_key=ledger.charge_key(generation_id),
+            idempotency_key=idempotency_key,
+            reason=reason[:500],
+        )
+    except ledger.NothingToRefund:
+        return False
+    return True
+
+
+async def record_ending(
+    conn: Conn, generation_id: UUID, ending: Ending, *, message: str, refunded: bool
+) -> ProgressEvent:
+    """Write the outcome and its terminal event (the halves of ``settle``; alone only
+    for workflows that refund and record in two activities, see activities/legacy.py)."""
+    async with conn.transaction():
+        await records.finish_generation(
+            conn,
+            generation_id,
+            status=ending.status,
+            step=ending.step,
+            error=message,
+            error_code=ending.error_code,
+        )
+        return await progress.append(
+            conn,
+            str(generation_id),
+            event="failed",
+            dedupe="terminal",
+            step=ending.step,
+            message=message,
+            percent=ending.percent,
+            error_code=ending.error_code,
+            status=ending.status,
+            refunded=refunded,
+        )

@@ -1,0 +1,103 @@
+"""What the fault tests check afterwards, through the public surface and the record:
+the ledger invariant, the provider's submissions, the generations' outcomes."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections import Counter
+from typing import Any
+
+import httpx
+from psycopg_pool import AsyncConnectionPool
+
+from tests.conftest import permits_held
+from tests.support.client import User, signup
+from tests.support.photos import photo
+
+TERMINAL = ("completed", "failed", "cancelled")
+Pool = AsyncConnectionPool  # type: ignore[type-arg]
+
+
+async def provider_requests(models: httpx.AsyncClient) -> list[dict[str, Any]]:
+    response = await models.get("/_local/requests")
+    response.raise_for_status()
+    records: list[dict[str, Any]] = response.json()
+    return records
+
+
+async def wait_until(predicate, timeout: float = 60.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not await predicate():
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.05)
+
+
+async def start_generations(http: httpx.AsyncClient, n: int) -> list[tuple[User, str]]:
+    started = []
+    for _ in range(n):
+        user = await signup(http)
+        response = await user.generate(photo("astronaut.png"))
+        assert response.status_code == 202, response.text
+        started.append((user, response.json()["id"]))
+    return started
+
+
+async def statuses(db: Pool, generation_ids: list[str]) -> dict[str, str]:
+    async with db.connection() as conn:
+        cur = await conn.execute(
+            "SELECT id::text AS id, status FROM generations WHERE id = ANY(%s)",
+            ([uuid.UUID(g) for g in generation_ids],),
+        )
+        return {row["id"]: row["status"] for row in await cur.fetchall()}
+
+
+async def finished(db: Pool, generation_ids: list[str], timeout: float = 240) -> dict[str, str]:
+    """Wait (reading the database, so an API restart cannot interrupt it) until every
+    generation has ended; return their statuses."""
+
+    async def ended() -> bool:
+        now = await statuses(db, generation_ids)
+        return all(now.get(g) in TERMINAL for g in generation_ids)
+
+    await wait_until(ended, timeout)
+    return await statuses(db, generation_ids)
+
+
+async def assert_ledger_consistent(db: Pool, users: list[User]) -> None:
+    """Each balance is the sum of its entries; a charge is refunded at most once; every
+    failed (or cancelled) generation is refunded exactly once and no completed one is;
+    and no provider permit is left held."""
+    async with db.connection() as conn:
+        for user in users:
+            uid = uuid.UUID(user.id)
+            cur = await conn.execute(
+                "SELECT (SELECT tokens FROM balances WHERE user_id = %s) AS balance,"
+                " (SELECT coalesce(sum(delta), 0) FROM ledger_entries WHERE user_id = %s) AS total",
+                (uid, uid),
+            )
+            row = await cur.fetchone()
+            assert row is not None and row["balance"] == row["total"], (user.id, row)
+            cur = await conn.execute(
+                "SELECT g.status, count(e.id) FILTER (WHERE e.kind = 'charge') AS charges,"
+                " count(e.id) FILTER (WHERE e.kind = 'refund') AS refunds"
+                " FROM generations g LEFT JOIN ledger_entries e ON e.generation_id = g.id"
+                " WHERE g.user_id = %s GROUP BY g.id, g.status",
+                (uid,),
+            )
+            for gen in await cur.fetchall():
+                assert gen["charges"] == 1, gen
+                expected = 0 if gen["status"] == "completed" else 1
+                assert gen["refunds"] == expected, gen
+        cur = await conn.execute(
+            "SELECT count(*) AS n FROM ledger_entries WHERE refund_of IS NOT NULL"
+            " GROUP BY refund_of HAVING count(*) > 1"
+        )
+        assert await cur.fetchall() == []
+    assert await permits_held(db) == 0
+
+
+def submissions_of(records: list[dict[str, Any]], generation_id: str) -> Counter[str]:
+    """Submissions the model server saw for one generation (its storage keys name it)."""
+    return Counter(r["app"] for r in records if generation_id in str(r["arguments"]))
