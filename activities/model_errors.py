@@ -31,6 +31,10 @@ MODEL_JOB_FAILED = "ModelJobFailed"
 # A poll found its generation already settled by someone else (the sweeper): nothing is
 # left to do for the job.
 MODEL_STEP_SETTLED = "ModelStepSettled"
+# The job completed, but an output is not what its step promises (an image that does not
+# decode, an empty mask, a video without frames: activities/outputs.py). Not resubmitted:
+# a provider that returns garbage for this input is likely to again, and each try costs.
+MODEL_OUTPUT_INVALID = "ModelOutputInvalid"
 
 # --- transient (the workflow resubmits) -----------------------------------------------
 
@@ -50,6 +54,7 @@ NON_RETRYABLE_MODEL_ERRORS = [
     MODEL_REQUEST_REJECTED,
     MODEL_JOB_FAILED,
     MODEL_STEP_SETTLED,
+    MODEL_OUTPUT_INVALID,
     MODEL_JOB_LOST,
     MODEL_INPUT_UNAVAILABLE,
 ]

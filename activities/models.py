@@ -2,16 +2,22 @@
 while a job runs never pays for it twice: the job id is in workflow history after
 submit, and the poll simply resumes on another worker.
 
-Every call goes through `fal-client`; in local mode it reaches our own server that
-speaks fal's queue protocol (``infra/modelserver``).
+The workflow names the step and its inputs in our words; the provider's adapter
+(activities/providers/) says which app runs it, with which arguments, and what its
+result means. Every call goes through `fal-client`; in local mode it reaches our own
+server that speaks fal's queue protocol (``infra/modelserver``). Fetch checks each
+output before the workflow sees it (activities/outputs.py).
 """
 
 from __future__ import annotations
 
 import asyncio
+import io
 import mimetypes
+import tempfile
 from collections.abc import AsyncIterator, Callable
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 from uuid import UUID
 
@@ -20,6 +26,7 @@ import httpx
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from activities import outputs
 from activities.model_errors import (
     MODEL_JOB_LOST,
     MODEL_PROVIDER_UNAVAILABLE,
@@ -28,6 +35,7 @@ from activities.model_errors import (
     job_error_type,
 )
 from activities.permits import get_globally_cached_semaphore
+from activities.providers import Adapter, adapter_for
 from activities.runtime import Runtime
 from infra import progress
 from infra.database import permits, records
@@ -47,8 +55,9 @@ DOWNLOAD_HEARTBEAT_SECONDS = 5.0
 
 
 class ModelActivities:
-    def __init__(self, runtime: Runtime) -> None:
+    def __init__(self, runtime: Runtime, adapter: Adapter | None = None) -> None:
         self.rt = runtime
+        self.adapter = adapter or adapter_for(runtime.settings)
 
     def _semaphore(self, app: str) -> Any:
         return get_globally_cached_semaphore(
@@ -69,16 +78,18 @@ class ModelActivities:
     @activity.defn(name=contract.SUBMIT_MODEL_JOB)
     async def submit_model_job(self, step: ModelStepInput) -> ModelJob:
         """Take a permit, then submit; a retry returns the job submitted before."""
+        app = self.adapter.app(step.step)
         job = ModelJob(
             generation_id=step.generation_id,
             user_id=step.user_id,
             step=step.step,
-            app=step.app,
+            app=app,
             request_id="",
             idempotency_key=step.idempotency_key,
             message=step.message,
             percent=step.percent,
             attempt=step.attempt,
+            inputs=dict(step.files),
         )
         # Announce the step (or its resubmission) and look for a job this step already
         # submitted (a retry), at once: both are idempotent, and a retry announcing again
@@ -102,7 +113,7 @@ class ModelActivities:
             job.request_id = submitted
             return job
 
-        semaphore = self._semaphore(step.app)
+        semaphore = self._semaphore(app)
         # Once the request below is sent the job may be in flight at the provider, even if
         # this worker dies at once, so the lease is marked first: a marked lease never
         # expires by time. One that expired before the mark is gone: wait for another.
@@ -115,33 +126,35 @@ class ModelActivities:
             )
             if await semaphore.mark_submitted(self.rt.db, step.idempotency_key, step.generation_id):
                 break
-        arguments = dict(step.params)
-        for name, key in step.files.items():
-            arguments[name] = self.rt.storage.signed_url(key, expires_in=INPUT_URL_TTL)
+        urls = {
+            role: self.rt.storage.signed_url(key, expires_in=INPUT_URL_TTL)
+            for role, key in step.files.items()
+        }
+        call = self.adapter.call(step.step, urls, step.params)
         try:
-            handle = await self.rt.fal.submit(step.app, arguments)
+            handle = await self.rt.fal.submit(call.app, call.arguments)
         except fal_client.client.FalClientHTTPError as err:
             if is_refusal(err):
-                await self._semaphore(step.app).release(self.rt.db, step.idempotency_key)
+                await semaphore.release(self.rt.db, step.idempotency_key)
                 raise ApplicationError(
-                    f"{step.app} rejected the request: {err}",
+                    f"{app} rejected the request: {err}",
                     type=MODEL_REQUEST_REJECTED,
                     non_retryable=True,
                 ) from err
-            raise _unavailable(step.app, "submit", err) from err
+            raise _unavailable(app, "submit", err) from err
         except httpx.TransportError as err:
-            raise _unavailable(step.app, "submit", err) from err
+            raise _unavailable(app, "submit", err) from err
         async with self.rt.db.connection() as conn:
             await permits.record_job(
                 conn,
                 step.idempotency_key,
                 step.generation_id,
                 step.step,
-                step.app,
+                app,
                 handle.request_id,
             )
         activity.logger.info(
-            "submitted %s job %s", step.app, handle.request_id, extra={"user_id": step.user_id}
+            "submitted %s job %s", app, handle.request_id, extra={"user_id": step.user_id}
         )
         job.request_id = handle.request_id
         return job
@@ -254,25 +267,38 @@ class ModelActivities:
             self._semaphore(job.app).release(self.rt.db, job.idempotency_key)
         )
         try:
-            output = ModelOutput()
-            for name, value in result.items():
-                if isinstance(value, dict) and isinstance(value.get("url"), str):
-                    content_type = value.get("content_type") or "application/octet-stream"
-                    ext = mimetypes.guess_extension(content_type) or ".bin"
-                    key = keys.step_output(job.generation_id, job.step, name + ext)
+            step = self.adapter.result(job.step, result)
+            with tempfile.TemporaryDirectory(prefix="bitbuddies-fetch-") as scratch:
+                output = ModelOutput(data=dict(step.data))
+                for role, produced in step.files.items():
+                    local = Path(scratch) / role
                     try:
-                        await self.rt.storage.write_stream(
-                            key, _download(self.rt.http, value["url"]), content_type=content_type
-                        )
+                        await _download_to(self.rt.http, produced.url, local)
                     except httpx.HTTPError as err:
                         raise _unavailable(job.app, "output download", err) from err
-                    output.files[name] = key
-                    output.data[name] = {k: v for k, v in value.items() if k != "url"}
-                else:
-                    output.data[name] = value
+                    try:
+                        await outputs.check(role, local, image_size=await self._image_size(job))
+                    except outputs.OutputInvalid as err:
+                        raise outputs.invalid(job.step, err) from err
+                    ext = mimetypes.guess_extension(produced.content_type) or ".bin"
+                    key = keys.step_output(job.generation_id, job.step, role + ext)
+                    await self.rt.storage.write_stream(
+                        key, _read_file(local), content_type=produced.content_type
+                    )
+                    output.files[role] = key
+                    if job.step == contract.ANALYZE.name and role == contract.IMAGE:
+                        output.data = await outputs.judge_analysis(local, output.data)
         finally:
             await release
         return output
+
+    async def _image_size(self, job: ModelJob) -> tuple[int, int] | None:
+        """The size of the step's input image, which its mask must have."""
+        key = job.inputs.get(contract.IMAGE)
+        if key is None or job.step != contract.SEGMENT_IMAGE.name:
+            return None
+        data = await self.rt.storage.read_bytes(key)
+        return await asyncio.to_thread(outputs.image_size_of, io.BytesIO(data))
 
     @activity.defn(name=contract.RELEASE_MODEL_JOB)
     async def release_model_job(self, release: ReleaseInput) -> None:
@@ -282,13 +308,14 @@ class ModelActivities:
         The workflow may not know the job's id (cancelled while submit was finishing), so
         the one submit recorded under the step's key is looked up.
         """
+        app = release.app or self.adapter.app(release.step)
         request_id = release.request_id
         if not request_id:
             async with self.rt.db.connection() as conn:
                 request_id = await permits.job_request_id(conn, release.idempotency_key)
         if request_id:
-            await cancel_job(self.rt.fal, release.app, request_id)
-        await self._semaphore(release.app).release(self.rt.db, release.idempotency_key)
+            await cancel_job(self.rt.fal, app, request_id)
+        await self._semaphore(app).release(self.rt.db, release.idempotency_key)
 
 
 def _unavailable(app: str, call: str, err: Exception) -> ApplicationError:
@@ -317,12 +344,20 @@ def _describe(status: fal_client.Status, job: ModelJob) -> tuple[str, str]:
     return "running", job.message
 
 
-async def _download(http: httpx.AsyncClient, url: str) -> AsyncIterator[bytes]:
+async def _download_to(http: httpx.AsyncClient, url: str, path: Path) -> None:
+    """Stream ``url`` into ``path``: memory stays flat whatever the size."""
     beat = _throttled_heartbeat(DOWNLOAD_HEARTBEAT_SECONDS)
-    async with http.stream("GET", url) as response:
-        response.raise_for_status()
-        async for chunk in response.aiter_bytes(CHUNK_SIZE):
-            beat()
+    with path.open("wb") as out:
+        async with http.stream("GET", url) as response:
+            response.raise_for_status()
+            async for chunk in response.aiter_bytes(CHUNK_SIZE):
+                beat()
+                await asyncio.to_thread(out.write, chunk)
+
+
+async def _read_file(path: Path) -> AsyncIterator[bytes]:
+    with path.open("rb") as source:
+        while chunk := await asyncio.to_thread(source.read, CHUNK_SIZE):
             yield chunk
 
 

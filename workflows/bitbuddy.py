@@ -23,6 +23,9 @@ with workflow.unsafe.imports_passed_through():
         CARTOONIFY,
         EXPAND,
         FETCH_OPTIONS,
+        IMAGE,
+        MASK,
+        MASK_VIDEO,
         NSFW_FILTER,
         PHOTO_REJECTED,
         POLL_OPTIONS,
@@ -35,6 +38,7 @@ with workflow.unsafe.imports_passed_through():
         SUBMIT_OPTIONS,
         TRANSCODE_OPTIONS,
         TRANSCODE_PERCENT,
+        VIDEO,
         BitBuddyInput,
         BitBuddyResult,
         CharacterAssets,
@@ -111,7 +115,7 @@ class BitBuddyWorkflow:
 
     async def _generate(self, job: BitBuddyInput) -> BitBuddyResult:
         render = job.render
-        photo = {"image_url": job.photo_key}
+        photo = {IMAGE: job.photo_key}
 
         nsfw = await self._model(job, NSFW_FILTER, photo, {})
         if float(nsfw.data["nsfw_probability"]) >= render.nsfw_threshold:
@@ -124,41 +128,28 @@ class BitBuddyWorkflow:
         faces = analysis.data.get("faces") or []
         face: dict[str, Any] | None = faces[0] if faces else None
 
+        drawing = {"prompt": job.prompt, "size": render.size}
         cartoon = await self._model(
-            job,
-            CARTOONIFY,
-            {"image_url": analysis.files["image"]},
-            {"prompt": job.prompt, "size": render.size, "expand_to_full_body": False, "face": face},
+            job, CARTOONIFY, {IMAGE: analysis.files[IMAGE]}, {**drawing, "face": face}
         )
         if not analysis.data.get("full_body", True):
             # A second pass draws the body the photo cut off.
             cartoon = await self._model(
-                job,
-                EXPAND,
-                {"image_url": cartoon.files["image"]},
-                {
-                    "prompt": job.prompt,
-                    "size": render.size,
-                    "expand_to_full_body": True,
-                    "face": face,
-                },
+                job, EXPAND, {IMAGE: cartoon.files[IMAGE]}, {**drawing, "face": face}
             )
             face = cartoon.data.get("face") or face
 
         mask = await self._model(
-            job,
-            SEGMENT_IMAGE,
-            {"image_url": cartoon.files["image"]},
-            {"size": render.size, "face": face},
+            job, SEGMENT_IMAGE, {IMAGE: cartoon.files[IMAGE]}, {"size": render.size, "face": face}
         )
         animation = await self._model(
             job,
             ANIMATE,
-            {"image_url": cartoon.files["image"], "mask_url": mask.files["mask"]},
-            {"prompt": job.prompt, "fps": render.fps, "duration_seconds": render.seconds},
+            {IMAGE: cartoon.files[IMAGE], MASK: mask.files[MASK]},
+            {"prompt": job.prompt, "fps": render.fps, "seconds": render.seconds},
         )
         video_mask = await self._model(
-            job, SEGMENT_VIDEO, {"video_url": animation.files["video"]}, {"fps": render.fps}
+            job, SEGMENT_VIDEO, {VIDEO: animation.files[VIDEO]}, {"fps": render.fps}
         )
 
         character_id = str(workflow.uuid4())
@@ -168,8 +159,8 @@ class BitBuddyWorkflow:
             TranscodeInput(
                 generation_id=job.generation_id,
                 character_id=character_id,
-                video_key=animation.files["video"],
-                mask_key=video_mask.files["mask_video"],
+                video_key=animation.files[VIDEO],
+                mask_key=video_mask.files[MASK_VIDEO],
                 fps=render.fps,
                 percent=TRANSCODE_PERCENT,
             ),
@@ -244,7 +235,6 @@ class BitBuddyWorkflow:
                     generation_id=job.generation_id,
                     user_id=job.user_id,
                     step=step.name,
-                    app=step.app,
                     files=files,
                     params=params,
                     idempotency_key=key,
@@ -269,9 +259,9 @@ class BitBuddyWorkflow:
                     workflow.execute_activity(
                         contract.RELEASE_MODEL_JOB,
                         ReleaseInput(
-                            app=step.app,
                             idempotency_key=key,
                             request_id=submitted.request_id if submitted else None,
+                            step=step.name,
                         ),
                         **RELEASE_OPTIONS,
                     )

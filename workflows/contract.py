@@ -81,19 +81,37 @@ def resubmitting(attempt: int, resubmits: int) -> str:
 
 @dataclass(frozen=True)
 class Step:
+    """A model step, named for what it makes, never for who makes it: a provider adapter
+    (activities/providers/) maps each to one of its apps, its arguments and its result."""
+
     name: str
-    app: str
     message: str
     percent: int  # shown when the step starts
 
 
-NSFW_FILTER = Step("nsfw_filter", "bitbuddies/nsfw-filter", "Checking your photo", 0)
-ANALYZE = Step("analyze", "bitbuddies/analyze", "Finding you in the photo", 10)
-CARTOONIFY = Step("cartoonify", "bitbuddies/cartoonify", "Drawing your cartoon", 20)
-EXPAND = Step("expand", "bitbuddies/cartoonify", "Drawing the rest of you", 32)
-SEGMENT_IMAGE = Step("segment_image", "bitbuddies/segment-image", "Cutting out your character", 40)
-ANIMATE = Step("animate", "bitbuddies/animate", "Bringing it to life", 50)
-SEGMENT_VIDEO = Step("segment_video", "bitbuddies/segment-video", "Tracing every frame", 75)
+# What each step needs and gives, in our words. Files by role (the keys of
+# ModelStepInput.files and ModelOutput.files), each a storage key:
+#   nsfw_filter    image                      -> data: nsfw_probability (0..1)
+#   analyze        image; size                -> image (upright, at most size a side);
+#                                                data: faces, figure, full_body, usable,
+#                                                problems (our rules: infra/photo_rules.py)
+#   cartoonify     image; prompt, size, face  -> image; data: face
+#   expand         image; prompt, size, face  -> image, the figure drawn in full; data: face
+#   segment_image  image; size, face          -> mask (the image's size, not empty)
+#   animate        image, mask; prompt, fps, seconds -> video (with frames)
+#   segment_video  video; fps                 -> mask_video (with frames)
+IMAGE: Final = "image"
+MASK: Final = "mask"
+VIDEO: Final = "video"
+MASK_VIDEO: Final = "mask_video"
+
+NSFW_FILTER = Step("nsfw_filter", "Checking your photo", 0)
+ANALYZE = Step("analyze", "Finding you in the photo", 10)
+CARTOONIFY = Step("cartoonify", "Drawing your cartoon", 20)
+EXPAND = Step("expand", "Drawing the rest of you", 32)
+SEGMENT_IMAGE = Step("segment_image", "Cutting out your character", 40)
+ANIMATE = Step("animate", "Bringing it to life", 50)
+SEGMENT_VIDEO = Step("segment_video", "Tracing every frame", 75)
 MODEL_STEPS: Final = (
     NSFW_FILTER,
     ANALYZE,
@@ -162,10 +180,10 @@ class ModelStepInput:
     generation_id: str
     user_id: str
     step: str
-    app: str
-    # fal argument name -> storage key; turned into a URL the provider can fetch
+    # role (IMAGE, MASK, VIDEO) -> storage key; the adapter turns each into a URL the
+    # provider can fetch, under the argument name its app takes
     files: dict[str, str]
-    params: dict[str, Any]
+    params: dict[str, Any]  # in our words (see the step table); the adapter maps them
     idempotency_key: str
     message: str
     percent: int
@@ -180,27 +198,34 @@ class ModelJob:
     generation_id: str
     user_id: str
     step: str
-    app: str
+    app: str  # the provider's app the adapter chose; opaque to the workflow
     request_id: str
     idempotency_key: str
     message: str
     percent: int
     attempt: int = 0  # as in ModelStepInput
+    # The step's input files, by role: fetch checks outputs against them (a mask has its
+    # image's size).
+    inputs: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
 class ModelOutput:
-    # result field -> storage key of the file it named
+    """A step's result, the same whichever provider made it."""
+
+    # role (IMAGE, MASK, VIDEO, MASK_VIDEO) -> storage key of the file, checked: an
+    # image that decodes, a mask of its image's size and not empty, a video with frames
     files: dict[str, str] = field(default_factory=dict)
-    # every other field of the result, small JSON only
+    # the step's facts (see the step table), small JSON only
     data: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
 class ReleaseInput:
-    app: str
     idempotency_key: str
     request_id: str | None = None
+    step: str = ""  # the adapter finds the app from it
+    app: str = ""  # written by histories from before the adapters; wins when set
 
 
 # --- the end of a generation --------------------------------------------------------

@@ -20,6 +20,7 @@ import httpx
 from psycopg_pool import AsyncConnectionPool
 
 from activities.permits import get_globally_cached_semaphore
+from activities.providers.local import APPS
 from billing import ledger
 from infra import supervisor
 from tests.conftest import TEST_ENV, Stack, ledger_kinds, permits_held
@@ -29,7 +30,7 @@ from tests.support.steps import STEP_APPS
 from workflows import contract
 
 CAP = int(TEST_ENV["BITBUDDIES_MODEL_CONCURRENCY"])
-ANIMATE = contract.ANIMATE.app
+ANIMATE = APPS[contract.ANIMATE.name]
 # The workers in this test lease permits this briefly (the session's default is 60 s).
 LEASE_SECONDS = 3
 # The first CAP animate jobs run this long: through the outage and the recovery below.

@@ -13,6 +13,7 @@ from collections import Counter
 import httpx
 from psycopg_pool import AsyncConnectionPool
 
+from activities.providers.local import APPS
 from tests.conftest import Stack
 from tests.support.client import Event, User
 from tests.support.faults import (
@@ -28,7 +29,7 @@ from workflows import contract
 
 Pool = AsyncConnectionPool  # type: ignore[type-arg]
 ONE_SUBMISSION_PER_STEP = Counter(STEP_APPS.values())
-ANIMATE = contract.ANIMATE.app
+ANIMATE = APPS[contract.ANIMATE.name]
 OUTAGE_SECONDS = 60.0
 
 

@@ -8,13 +8,21 @@ import httpx
 import pytest
 from psycopg_pool import AsyncConnectionPool
 
+from activities.providers.local import APPS
 from billing import ledger
 from tests.conftest import Stack, insert_generation, ledger_kinds, permits_held
 from tests.support.client import User, signup
 from tests.support.paths import FIXTURES
 from tests.support.photos import photo
 from tests.support.steps import model_steps
-from workflows.contract import NSFW_FILTER, SEGMENT_VIDEO, TRANSCODE_STEP
+from workflows.contract import (
+    ANALYZE,
+    ANIMATE,
+    CARTOONIFY,
+    NSFW_FILTER,
+    SEGMENT_IMAGE,
+    SEGMENT_VIDEO,
+)
 
 
 async def _run(user: User, picture: bytes) -> tuple[dict, list]:  # type: ignore[type-arg]
@@ -41,7 +49,7 @@ async def test_nsfw_photo_fails_with_a_clear_message_and_is_refunded(
     assert await ledger_kinds(db, generation["id"]) == ["charge", "refund"]
     # rejected before spending on anything else
     submitted = {r["app"] for r in (await models.get("/_local/requests")).json()}
-    assert submitted == {NSFW_FILTER.app}
+    assert submitted == {APPS[NSFW_FILTER.name]}
 
 
 async def test_photo_without_a_face_fails_with_a_clear_message_and_is_refunded(
@@ -61,9 +69,14 @@ async def test_photo_without_a_face_fails_with_a_clear_message_and_is_refunded(
 # A failing job at each step's app fails that step. Not expand: it runs only for a photo
 # that is not full-body, and its app is cartoonify's, whose failure comes first.
 FAULTS = [
-    *((step.app, "error", step.name) for step in model_steps(expand=False)),
-    # a provider that "succeeds" with a broken video: ffmpeg fails for real at transcode
-    (SEGMENT_VIDEO.app, "corrupt", TRANSCODE_STEP),
+    *((APPS[step.name], "error", step.name) for step in model_steps(expand=False)),
+    # A provider that "succeeds" with noise instead of a file: each output is checked
+    # before the next step uses it, so the step that made it fails (a picture that does
+    # not decode, a mask or a video that does not read), never a later one.
+    *(
+        (APPS[step.name], "corrupt", step.name)
+        for step in (ANALYZE, CARTOONIFY, SEGMENT_IMAGE, ANIMATE, SEGMENT_VIDEO)
+    ),
 ]
 
 

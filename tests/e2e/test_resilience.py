@@ -13,6 +13,7 @@ import psycopg
 from psycopg_pool import AsyncConnectionPool
 from temporalio.client import Client
 
+from activities.providers.local import APPS
 from infra.database import records
 from infra.settings import Settings
 from infra.storage import storage_from_settings
@@ -23,7 +24,7 @@ from tests.support.steps import STEP_APPS
 from workflows import contract
 from workflows.contract import ANIMATE
 
-APPS = sorted(set(STEP_APPS.values()))
+ALL_APPS = sorted(set(STEP_APPS.values()))
 
 
 async def _wait_for(predicate, timeout: float = 60.0) -> None:  # type: ignore[no-untyped-def]
@@ -75,7 +76,7 @@ async def test_twenty_generations_with_a_cap_of_two_never_exceed_two_jobs_in_fli
     )
     assert [s[-1].event for s in streams] == ["completed"] * 20
     stats = (await models.get("/_local/stats")).json()
-    for app in APPS:
+    for app in ALL_APPS:
         assert stats[app]["submitted"] >= 20, app
         assert 1 <= stats[app]["max_in_flight"] <= 2, (app, stats[app])
 
@@ -111,14 +112,14 @@ async def test_a_generation_charged_but_never_started_is_started_by_the_sweeper(
 async def _animate_statuses(models: httpx.AsyncClient) -> list[str]:
     """The model server's record of every animate job, oldest first."""
     requests = (await models.get("/_local/requests")).json()
-    return [r["status"] for r in requests if r["app"] == ANIMATE.app]
+    return [r["status"] for r in requests if r["app"] == APPS[ANIMATE.name]]
 
 
 async def _start_slow_generation(
     http: httpx.AsyncClient, models: httpx.AsyncClient, seconds: float = 15
 ) -> tuple[User, str]:
     """A generation whose animate job runs for a while; returns once that job runs."""
-    fault = {"app": ANIMATE.app, "kind": "delay", "times": 1, "seconds": seconds}
+    fault = {"app": APPS[ANIMATE.name], "kind": "delay", "times": 1, "seconds": seconds}
     (await models.post("/_local/faults", json=fault)).raise_for_status()
     user = await signup(http)
     generation_id = (await user.generate(photo("astronaut.png"))).json()["id"]

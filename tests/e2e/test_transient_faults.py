@@ -12,6 +12,7 @@ from psycopg_pool import AsyncConnectionPool
 from temporalio.client import Client
 from temporalio.worker import Replayer
 
+from activities.providers.local import APPS
 from tests.conftest import Stack
 from tests.support.client import signup
 from tests.support.faults import (
@@ -28,10 +29,10 @@ from workflows import contract
 from workflows.bitbuddy import TRANSIENT_RESUBMIT_PATCH, BitBuddyWorkflow
 
 RESUBMITS = 3  # the default of Settings.model_resubmits, which the tests run with
-CARTOONIFY = contract.CARTOONIFY.app
-ANIMATE = contract.ANIMATE.app
-ANALYZE = contract.ANALYZE.app
-NSFW = contract.NSFW_FILTER.app
+CARTOONIFY = APPS[contract.CARTOONIFY.name]
+ANIMATE = APPS[contract.ANIMATE.name]
+ANALYZE = APPS[contract.ANALYZE.name]
+NSFW = APPS[contract.NSFW_FILTER.name]
 
 Pool = AsyncConnectionPool  # type: ignore[type-arg]
 

@@ -1,13 +1,14 @@
 """The workflow's step table as the tests expect it, read from workflows/contract.py
 (``MODEL_STEPS``), never copied: which model steps a generation runs, in order, and the
-provider app each calls."""
+app of our local model server each calls (the local adapter's table)."""
 
 from __future__ import annotations
 
+from activities.providers.local import APPS
 from workflows.contract import EXPAND, MODEL_STEPS, Step
 
-# Each model step's name -> the app it calls (expand calls cartoonify's app again).
-STEP_APPS: dict[str, str] = {s.name: s.app for s in MODEL_STEPS}
+# Each model step's name -> the local app it calls (expand calls cartoonify's again).
+STEP_APPS: dict[str, str] = {s.name: APPS[s.name] for s in MODEL_STEPS}
 
 
 def model_steps(*, expand: bool) -> list[Step]:

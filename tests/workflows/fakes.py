@@ -200,7 +200,7 @@ class Registry:
             generation_id=step.generation_id,
             user_id=step.user_id,
             step=step.step,
-            app=step.app,
+            app=f"fake/{step.step}",
             request_id=fakes.new_request_id(step.step),
             idempotency_key=step.idempotency_key,
             message=step.message,

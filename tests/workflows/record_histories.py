@@ -29,6 +29,7 @@ from pathlib import Path
 import httpx
 from temporalio.client import Client, WorkflowFailureError
 
+from activities.providers.local import APPS
 from infra import supervisor
 from tests.conftest import TEST_ENV
 from tests.support.client import Event, User, signup
@@ -55,8 +56,8 @@ def scrubbed(text: str) -> str:
 
 
 SCENARIOS = ("completed", "nsfw_refused", "cancelled", "transient_resubmit")
-ANIMATE = contract.ANIMATE.app
-ANALYZE = contract.ANALYZE.app
+ANIMATE = APPS[contract.ANIMATE.name]
+ANALYZE = APPS[contract.ANALYZE.name]
 
 
 async def _wait_for(predicate: Callable[[], Awaitable[bool]], timeout: float = 120.0) -> None:

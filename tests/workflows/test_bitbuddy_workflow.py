@@ -149,7 +149,7 @@ def assert_released(fakes: Fakes, step: str, *, request_id: bool = True) -> None
     jobs = [j for j in fakes.of(POLL) if j.step == step]
     releases = [r for r in fakes.of(RELEASE) if r.idempotency_key == submitted.idempotency_key]
     assert len(releases) == 1, fakes.of(RELEASE)
-    assert releases[0].app == STEPS[step].app
+    assert releases[0].step == step and not releases[0].app  # the adapter picks the app
     assert releases[0].request_id == (jobs[0].request_id if request_id else None)
 
 
@@ -172,26 +172,23 @@ async def test_a_generation_runs_every_step_in_order_and_completes(workers: Work
     photo = f"generations/{g}/input/photo.png"
     face = out["analyze"].data["faces"][0]
     cartoon, mask = out["cartoonify"].files["image"], out["segment_image"].files["mask"]
+    # Each step's inputs, by role and in our words: no provider's app or argument names.
     assert {step: (s.files, s.params) for step, s in submits.items()} == {
-        "nsfw_filter": ({"image_url": photo}, {}),
-        "analyze": ({"image_url": photo}, {"size": 256}),
+        "nsfw_filter": ({"image": photo}, {}),
+        "analyze": ({"image": photo}, {"size": 256}),
         "cartoonify": (
-            {"image_url": out["analyze"].files["image"]},
-            {"prompt": PROMPT, "size": 256, "expand_to_full_body": False, "face": face},
+            {"image": out["analyze"].files["image"]},
+            {"prompt": PROMPT, "size": 256, "face": face},
         ),
-        "segment_image": ({"image_url": cartoon}, {"size": 256, "face": face}),
+        "segment_image": ({"image": cartoon}, {"size": 256, "face": face}),
         "animate": (
-            {"image_url": cartoon, "mask_url": mask},
-            {"prompt": PROMPT, "fps": 12, "duration_seconds": 2.0},
+            {"image": cartoon, "mask": mask},
+            {"prompt": PROMPT, "fps": 12, "seconds": 2.0},
         ),
-        "segment_video": ({"video_url": out["animate"].files["video"]}, {"fps": 12}),
+        "segment_video": ({"video": out["animate"].files["video"]}, {"fps": 12}),
     }
     for step, s in submits.items():
-        assert (s.app, s.message, s.percent) == (
-            STEPS[step].app,
-            STEPS[step].message,
-            STEPS[step].percent,
-        )
+        assert (s.message, s.percent) == (STEPS[step].message, STEPS[step].percent)
         assert s.generation_id == g and s.attempt == 0
     assert len({s.idempotency_key for s in submits.values()}) == len(submits)
     # poll and fetch work on the job submit returned
@@ -234,18 +231,12 @@ async def test_a_photo_cut_off_at_the_waist_gets_a_second_pass_and_uses_its_imag
     submits = {s.step: s for s in fakes.of(SUBMIT)}
     face = out["analyze"].data["faces"][0]
     expanded, new_face = out["expand"].files["image"], out["expand"].data["face"]
-    assert submits["expand"].app == contract.CARTOONIFY.app
-    assert submits["expand"].files == {"image_url": out["cartoonify"].files["image"]}
-    assert submits["expand"].params == {
-        "prompt": PROMPT,
-        "size": 256,
-        "expand_to_full_body": True,
-        "face": face,
-    }
+    assert submits["expand"].files == {"image": out["cartoonify"].files["image"]}
+    assert submits["expand"].params == {"prompt": PROMPT, "size": 256, "face": face}
     # Everything after uses the expanded drawing and the face found on it.
-    assert submits["segment_image"].files == {"image_url": expanded}
+    assert submits["segment_image"].files == {"image": expanded}
     assert submits["segment_image"].params["face"] == new_face
-    assert submits["animate"].files["image_url"] == expanded
+    assert submits["animate"].files["image"] == expanded
 
 
 async def test_a_second_pass_that_finds_no_face_keeps_the_first_one(workers: Workers) -> None:

@@ -24,7 +24,6 @@ import cv2
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from infra.modelserver.apps.analyze import Rect, estimate_figure
 from infra.modelserver.apps.base import (
     SIZE_FIELD,
     URL_PATTERN,
@@ -35,6 +34,8 @@ from infra.modelserver.apps.base import (
 )
 from infra.modelserver.fetch import fetch_input
 from infra.modelserver.media import F32, U8, fit_max_side, load_image, save_png
+from infra.photo_rules import Box as Rect
+from infra.photo_rules import implied_figure
 
 KMEANS_SAMPLE_SIDE = 128
 INK = np.array([28, 24, 36], dtype=np.float32)
@@ -205,7 +206,7 @@ def expand_to_full_body(rgb: U8, face: Rect) -> tuple[U8, Rect]:
     hold the whole figure come back unchanged.
     """
     h, w = rgb.shape[:2]
-    fig = estimate_figure(face)
+    fig = implied_figure(face)
     pad = round(face.h * 0.3)
     bottom = max(0, fig.y + fig.h + pad - h)
     left = max(0, -fig.x + pad // 2) if fig.x < 0 else 0

@@ -16,10 +16,11 @@ import cv2
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from infra.modelserver.apps.analyze import Rect, estimate_figure
 from infra.modelserver.apps.base import SIZE_FIELD, URL_PATTERN, AppSpec, Box, LogFn, OutputFile
 from infra.modelserver.fetch import fetch_input
 from infra.modelserver.media import U8, fit_max_side, load_image, save_png
+from infra.photo_rules import Box as Rect
+from infra.photo_rules import implied_figure
 
 WORK_SIDE = 256
 GRABCUT_ITERATIONS = 4
@@ -48,7 +49,7 @@ def _seeds(height: int, width: int, face: Rect | None) -> U8:
             cv2.GC_FGD
         )
     else:
-        fig = estimate_figure(face)
+        fig = implied_figure(face)
         # Probably the person: a head-wide column down to the chin, then the body box.
         shoulders = face.y + face.h + face.h // 4
         mask[max(0, shoulders) : max(0, fig.y + fig.h), max(0, fig.x) : max(0, fig.x + fig.w)] = (

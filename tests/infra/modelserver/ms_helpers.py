@@ -134,6 +134,18 @@ async def run(fal: fal_client.AsyncClient, app: str, arguments: dict[str, Any]) 
     return result
 
 
+async def judged(analysis: dict[str, Any]) -> dict[str, Any]:
+    """An analyze result with our verdict on it (usable, problems, figure, full_body), as
+    the pipeline's fetch makes it (activities/outputs.py): the app only finds faces."""
+    from activities.outputs import judge_analysis
+
+    response = await download(analysis["image"]["url"])
+    with tempfile.TemporaryDirectory() as scratch:
+        path = Path(scratch) / "analyzed.png"
+        path.write_bytes(response.content)
+        return await judge_analysis(path, analysis)
+
+
 async def download(url: str) -> httpx.Response:
     async with httpx.AsyncClient(timeout=30) as client:
         response = await client.get(url)

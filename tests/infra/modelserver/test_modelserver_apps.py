@@ -9,16 +9,17 @@ import fal_client
 import numpy as np
 from PIL import Image
 
-from tests.infra.modelserver.ms_helpers import FPS, SIZE, data_uri, decode, download, run
+from activities.providers.local import APPS
+from tests.infra.modelserver.ms_helpers import FPS, SIZE, data_uri, decode, download, judged, run
 from tests.support.paths import FIXTURES
 from tests.support.photos import photo
 from workflows import contract
 
-NSFW = contract.NSFW_FILTER.app
-ANALYZE = contract.ANALYZE.app
-CARTOONIFY = contract.CARTOONIFY.app
-SEGMENT_IMAGE = contract.SEGMENT_IMAGE.app
-ANIMATE = contract.ANIMATE.app
+NSFW = APPS[contract.NSFW_FILTER.name]
+ANALYZE = APPS[contract.ANALYZE.name]
+CARTOONIFY = APPS[contract.CARTOONIFY.name]
+SEGMENT_IMAGE = APPS[contract.SEGMENT_IMAGE.name]
+ANIMATE = APPS[contract.ANIMATE.name]
 
 
 async def fetch_image(file: dict[str, Any]) -> Image.Image:
@@ -54,7 +55,7 @@ async def test_nsfw_scores_the_probe_high_and_the_astronaut_low(
 async def test_analyze_finds_the_astronaut_and_her_body(
     fal: fal_client.AsyncClient, astronaut_uri: str
 ) -> None:
-    result = await run(fal, ANALYZE, {"image_url": astronaut_uri, "size": SIZE})
+    result = await judged(await run(fal, ANALYZE, {"image_url": astronaut_uri, "size": SIZE}))
     assert result["usable"] is True and result["problems"] == []
     assert result["rotation_applied"] == 0
     image = await fetch_image(result["image"])
@@ -78,7 +79,7 @@ async def test_analyze_applies_exif_orientation(fal: fal_client.AsyncClient) -> 
 async def test_analyze_says_a_coffee_cup_has_no_face(
     fal: fal_client.AsyncClient, coffee_uri: str
 ) -> None:
-    result = await run(fal, ANALYZE, {"image_url": coffee_uri, "size": SIZE})
+    result = await judged(await run(fal, ANALYZE, {"image_url": coffee_uri, "size": SIZE}))
     assert result["usable"] is False
     assert result["faces"] == [] and result["figure"] is None
     assert any("no face" in problem.lower() for problem in result["problems"])
@@ -87,7 +88,8 @@ async def test_analyze_says_a_coffee_cup_has_no_face(
 async def test_analyze_flags_tiny_and_blank_images(fal: fal_client.AsyncClient) -> None:
     out = io.BytesIO()
     Image.new("RGB", (100, 80), (128, 128, 128)).save(out, format="PNG")
-    result = await run(fal, ANALYZE, {"image_url": data_uri(out.getvalue()), "size": SIZE})
+    found = await run(fal, ANALYZE, {"image_url": data_uri(out.getvalue()), "size": SIZE})
+    result = await judged(found)
     problems = " ".join(result["problems"]).lower()
     assert result["usable"] is False
     assert "too small" in problems and "uniform" in problems

@@ -7,7 +7,8 @@ import time
 import fal_client
 import numpy as np
 
-from tests.infra.modelserver.ms_helpers import FPS, SIZE, decode, run
+from activities.providers.local import APPS
+from tests.infra.modelserver.ms_helpers import FPS, SIZE, decode, judged, run
 from workflows import contract
 
 DURATION = 5.0
@@ -17,13 +18,15 @@ async def test_photo_to_animated_character_chain(
     fal: fal_client.AsyncClient, astronaut_uri: str
 ) -> None:
     started = time.monotonic()
-    nsfw = await run(fal, contract.NSFW_FILTER.app, {"image_url": astronaut_uri})
+    nsfw = await run(fal, APPS[contract.NSFW_FILTER.name], {"image_url": astronaut_uri})
     assert nsfw["nsfw_probability"] < 0.2
-    analysis = await run(fal, contract.ANALYZE.app, {"image_url": astronaut_uri, "size": SIZE})
+    analysis = await judged(
+        await run(fal, APPS[contract.ANALYZE.name], {"image_url": astronaut_uri, "size": SIZE})
+    )
     assert analysis["usable"]
     cartoon = await run(
         fal,
-        contract.CARTOONIFY.app,
+        APPS[contract.CARTOONIFY.name],
         {
             "image_url": analysis["image"]["url"],
             "prompt": "a cheerful hero in gold",
@@ -34,12 +37,12 @@ async def test_photo_to_animated_character_chain(
     )
     mask = await run(
         fal,
-        contract.SEGMENT_IMAGE.app,
+        APPS[contract.SEGMENT_IMAGE.name],
         {"image_url": cartoon["image"]["url"], "size": SIZE, "face": cartoon["face"]},
     )
     animation = await run(
         fal,
-        contract.ANIMATE.app,
+        APPS[contract.ANIMATE.name],
         {
             "image_url": cartoon["image"]["url"],
             "mask_url": mask["mask"]["url"],
@@ -49,7 +52,7 @@ async def test_photo_to_animated_character_chain(
         },
     )
     matte = await run(
-        fal, contract.SEGMENT_VIDEO.app, {"video_url": animation["video"]["url"], "fps": FPS}
+        fal, APPS[contract.SEGMENT_VIDEO.name], {"video_url": animation["video"]["url"], "fps": FPS}
     )
     elapsed = time.monotonic() - started
     print(f"chain at {SIZE}px, {FPS} fps, {DURATION} s: {elapsed:.2f} s")

@@ -8,11 +8,12 @@ import fal_client.client as fal_module
 import httpx
 import pytest
 
+from activities.providers.local import APPS
 from infra.falclient import cancel_job, check_no_backup_for, make_fal_client, read_result
 from tests.infra.modelserver.ms_helpers import ModelServer, add_fault, wait_for, wait_idle
 from workflows import contract
 
-NSFW = contract.NSFW_FILTER.app
+NSFW = APPS[contract.NSFW_FILTER.name]
 
 
 def hosts() -> dict[str, str]:
@@ -58,7 +59,7 @@ async def test_backup_transport_never_redirects_local_requests() -> None:
 async def test_the_key_header_is_sent_and_ignored(
     fal: fal_client.AsyncClient, astronaut_uri: str
 ) -> None:
-    handle = await fal.submit(contract.NSFW_FILTER.app, {"image_url": astronaut_uri})
+    handle = await fal.submit(APPS[contract.NSFW_FILTER.name], {"image_url": astronaut_uri})
     assert handle.client.headers["authorization"] == "Key local"
     assert "nsfw_probability" in await handle.get(interval=0.02)
 

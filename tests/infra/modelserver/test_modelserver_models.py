@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from infra.modelserver.apps.analyze import Rect, analyze_image, clip, estimate_figure
+from infra.modelserver.apps.analyze import detect_faces
 from infra.modelserver.apps.animate import animate_layers, frame_count, parse_motion
 from infra.modelserver.apps.base import InputDownloadError
 from infra.modelserver.apps.cartoonify import cartoonify, expand_to_full_body, parse_style
@@ -28,6 +28,7 @@ from infra.modelserver.media import (
     iter_video_frames,
     probe_video,
 )
+from infra.photo_rules import Box, implied_figure, judge
 from tests.infra.modelserver.ms_helpers import FPS, SIZE
 from tests.support.photos import photo
 
@@ -37,11 +38,11 @@ def character() -> tuple[np.ndarray, np.ndarray]:
     """The astronaut as a full-body cartoon and its mask, as the pipeline makes them."""
     rgb = np.asarray(Image.open(io.BytesIO(photo("astronaut.png"))).convert("RGB"))
     rgb = fit_max_side(rgb, SIZE)
-    face = Rect(**analyze_image(rgb, SIZE)["faces"][0])
+    face = detect_faces(rgb)[0]
     grown, face = expand_to_full_body(rgb, face)
     scale = SIZE / max(grown.shape[:2])
     cartoon = cartoonify(fit_max_side(grown, SIZE), "hero")
-    face = Rect(*(round(v * scale) for v in (face.x, face.y, face.w, face.h)))
+    face = Box(*(round(v * scale) for v in (face.x, face.y, face.w, face.h)))
     return cartoon, segment_person(cartoon, face)
 
 
@@ -96,10 +97,27 @@ def test_prompt_words_pick_style_and_motion() -> None:
 
 
 def test_figure_estimate_and_clipping() -> None:
-    figure = estimate_figure(Rect(100, 50, 40, 40))
-    assert figure == Rect(60, 30, 120, 300)
-    assert clip(figure, 200, 200) == Rect(60, 30, 120, 170)
-    assert clip(Rect(300, 300, 10, 10), 200, 200) is None
+    figure = implied_figure(Box(100, 50, 40, 40))
+    assert figure == Box(60, 30, 120, 300)
+    verdict = judge(
+        width=200,
+        height=200,
+        original_short_side=200,
+        grey_mean=128,
+        grey_std=40,
+        faces=[Box(100, 50, 40, 40)],
+    )
+    assert verdict.figure == Box(60, 30, 120, 170)  # clipped to the picture
+    assert verdict.full_body is False
+    outside = judge(
+        width=200,
+        height=200,
+        original_short_side=200,
+        grey_mean=128,
+        grey_std=40,
+        faces=[Box(300, 300, 10, 10)],
+    )
+    assert outside.figure is None
 
 
 def test_fetch_refuses_oversized_and_unknown_inputs(tmp_path: Path) -> None:

@@ -13,11 +13,12 @@ import fal_client
 import httpx
 import pytest
 
+from activities.providers.local import APPS
 from tests.infra.modelserver.ms_helpers import ModelServer, add_fault, wait_for
 from workflows import contract
 
-NSFW = contract.NSFW_FILTER.app
-ANALYZE = contract.ANALYZE.app
+NSFW = APPS[contract.NSFW_FILTER.name]
+ANALYZE = APPS[contract.ANALYZE.name]
 
 
 async def test_healthz(local: httpx.AsyncClient) -> None:

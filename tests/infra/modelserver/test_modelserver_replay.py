@@ -8,12 +8,13 @@ from typing import Any
 
 import httpx
 
+from activities.providers.local import APPS
 from infra.modelserver.server import create_app
 from tests.infra.modelserver.ms_helpers import data_uri
 from tests.support.photos import photo
 from workflows import contract
 
-APP = contract.NSFW_FILTER.app
+APP = APPS[contract.NSFW_FILTER.name]
 
 
 async def _run(client: httpx.AsyncClient, image: str) -> dict[str, Any]:

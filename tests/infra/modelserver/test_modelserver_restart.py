@@ -8,12 +8,13 @@ from pathlib import Path
 import fal_client
 import httpx
 
+from activities.providers.local import APPS
 from infra.falclient import make_fal_client
 from infra.supervisor import free_port
 from tests.infra.modelserver.ms_helpers import add_fault, spawn, stop, wait_for
 from workflows import contract
 
-NSFW = contract.NSFW_FILTER.app
+NSFW = APPS[contract.NSFW_FILTER.name]
 
 
 async def test_a_server_killed_mid_queue_resumes_every_job_after_restart(
