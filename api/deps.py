@@ -3,8 +3,11 @@ lifespan (api/app.py) and reached through ``request.app.state``."""
 
 from __future__ import annotations
 
+import hmac
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Annotated, Any
+from urllib.parse import urlsplit
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -14,7 +17,7 @@ from redis.asyncio import Redis
 from temporalio.client import Client
 
 from api.services.accounts import AccountService
-from api.services.errors import NotSignedIn
+from api.services.errors import CsrfRefused, NotSignedIn
 from api.services.generations import GenerationService
 from infra.database import records
 from infra.settings import Settings
@@ -79,31 +82,73 @@ TemporalDep = Annotated[Client, Depends(_temporal)]
 StorageDep = Annotated[Storage, Depends(_storage)]
 
 _bearer = HTTPBearer(auto_error=False)
+BearerDep = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+
+# The browser session's cookie, and the header its pages send the CSRF token in.
+SESSION_COOKIE = "bitbuddies_session"
+CSRF_HEADER = "X-CSRF-Token"
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
-async def _current_user(
-    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-    conn: ConnDep,
-) -> records.User:
-    if credentials is None or credentials.scheme.lower() != "bearer":
-        raise NotSignedIn("Send your token as 'Authorization: Bearer <token>'.")
-    user = await records.user_for_token(conn, credentials.credentials)
-    if user is None:
-        raise NotSignedIn("This token is unknown or has expired; log in again.")
-    return user
+@dataclass(frozen=True)
+class Caller:
+    """Who is asking, and with which credential: a bearer token (API clients) or a
+    browser session (the web app)."""
+
+    user: records.User
+    token: str | None = None
+    session_id: str | None = None
+
+
+async def _caller(request: Request, credentials: BearerDep, conn: ConnDep) -> Caller:
+    """A bearer token wins when sent. Otherwise the session cookie; a state-changing
+    request on it must carry the session's CSRF token (a page of another site can make
+    the browser send the cookie, but cannot read the token nor set the header without
+    our CORS consent), and must not come from another origin."""
+    if credentials is not None:
+        if credentials.scheme.lower() != "bearer":
+            raise NotSignedIn("Send your token as 'Authorization: Bearer <token>'.")
+        user = await records.user_for_token(conn, credentials.credentials)
+        if user is None:
+            raise NotSignedIn("This token is unknown or has expired; log in again.")
+        return Caller(user, token=credentials.credentials)
+    session_id = request.cookies.get(SESSION_COOKIE)
+    if not session_id:
+        raise NotSignedIn("Log in, or send your token as 'Authorization: Bearer <token>'.")
+    found = await records.session(conn, session_id)
+    if found is None:
+        raise NotSignedIn("Your session has ended; log in again.")
+    if request.method not in SAFE_METHODS:
+        origin = request.headers.get("origin")
+        settings: Settings = request.app.state.settings
+        if origin is not None and origin.rstrip("/") != _origin(settings.public_url):
+            raise CsrfRefused("This request came from another site.")
+        sent = request.headers.get(CSRF_HEADER, "")
+        if not hmac.compare_digest(sent.encode(), found.csrf_token.encode()):
+            raise CsrfRefused(f"Send the session's CSRF token in the {CSRF_HEADER} header.")
+    return Caller(found.user, session_id=session_id)
+
+
+def _origin(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}"
+
+
+CurrentCaller = Annotated[Caller, Depends(_caller)]
+
+
+async def _current_user(caller: CurrentCaller) -> records.User:
+    return caller.user
 
 
 CurrentUser = Annotated[records.User, Depends(_current_user)]
 
 
-async def _current_user_alone(
-    request: Request,
-    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-) -> records.User:
+async def _current_user_alone(request: Request, credentials: BearerDep) -> records.User:
     """The same check on a connection of its own, given back at once: for a handler that
     does slow work (decoding a photo) before it needs the database again."""
     async with request.app.state.db.connection() as conn:
-        return await _current_user(credentials, conn)
+        return (await _caller(request, credentials, conn)).user
 
 
 CurrentUserAlone = Annotated[records.User, Depends(_current_user_alone)]

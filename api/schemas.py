@@ -61,6 +61,22 @@ class LoginPublic(BaseModel):
     token: str
 
 
+class SessionPublic(BaseModel):
+    """A browser session: its id travels only in the HttpOnly cookie; the page keeps the
+    CSRF token and sends it as X-CSRF-Token on every state-changing request."""
+
+    csrf_token: str
+    user: UserPublic
+
+
+class PasswordChange(BaseModel):
+    current_password: str = Field(max_length=256)
+    new_password: str = Field(
+        max_length=256,
+        description=f"At least {text.MIN_PASSWORD_CHARS} characters, not a common password",
+    )
+
+
 class MePublic(BaseModel):
     id: UUID
     email: str

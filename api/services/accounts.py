@@ -1,4 +1,6 @@
-"""Accounts: sign-up (hash, create, open the balance, grant, issue a token) and log-in.
+"""Accounts: sign-up (hash, create, open the balance, grant, issue a token), log-in (a
+bearer token for API clients, or a browser session), log-out, and password change, which
+ends every other session and token.
 
 Password hashing holds no database connection: each call hashes or verifies first
 (bounded by ``Passwords``), then checks a connection out only for its short writes.
@@ -15,13 +17,21 @@ from typing import Any
 
 from psycopg_pool import AsyncConnectionPool
 
-from api.services.errors import EmailTaken, WrongPassword
+from api.services import text
+from api.services.errors import EmailTaken, InvalidInput, NotSignedIn, WrongPassword
 from api.services.passwords import Passwords
 from billing import ledger
 from infra.database import records
 from infra.settings import Settings
 
 _TAKEN = "An account with this email already exists; log in instead."
+
+
+@dataclass(frozen=True)
+class OpenedSession:
+    user: records.User
+    session_id: str  # goes in the HttpOnly cookie, nowhere else
+    csrf_token: str  # the pages send it back on every state-changing request
 
 
 @dataclass(frozen=True)
@@ -76,6 +86,75 @@ class AccountService:
     ) -> str:
         """A new bearer token. ``record_result`` hears whether the password was right,
         before anything else happens (the place for failed-login backoff)."""
+        user = await self._verified(email, password, record_result)
+        token = _new_token()
+        async with self.pool.connection() as conn:
+            await records.insert_bearer_token(
+                conn, token, user.id, timedelta(days=self.settings.bearer_token_days)
+            )
+        return token
+
+    async def open_session(
+        self,
+        email: str,
+        password: str,
+        *,
+        record_result: Callable[[bool], Awaitable[None]] | None = None,
+    ) -> OpenedSession:
+        """A new browser session (a new id every time: a session id planted before the
+        log-in is never the one that gets signed in) and its CSRF token."""
+        user = await self._verified(email, password, record_result)
+        opened = OpenedSession(user=user, session_id=_new_token(), csrf_token=_new_token())
+        async with self.pool.connection() as conn:
+            await records.insert_session(
+                conn,
+                opened.session_id,
+                user.id,
+                opened.csrf_token,
+                timedelta(days=self.settings.session_days),
+            )
+        return opened
+
+    async def session(self, session_id: str) -> records.Session:
+        async with self.pool.connection() as conn:
+            found = await records.session(conn, session_id)
+        if found is None:
+            raise NotSignedIn("Your session has ended; log in again.")
+        return found
+
+    async def close_session(self, session_id: str) -> None:
+        async with self.pool.connection() as conn:
+            await records.end_session(conn, session_id)
+
+    async def change_password(
+        self,
+        user: records.User,
+        current: str,
+        new: str,
+        *,
+        keep_token: str | None = None,
+        keep_session: str | None = None,
+    ) -> None:
+        """Change the password and end every other way in: each browser session and
+        bearer token of the user but the one this change came with."""
+        if not await self.passwords.verify(user.password_hash, current):
+            raise WrongPassword("The current password is wrong.")
+        try:
+            text.check_new_password(new, email=user.email)
+        except text.TextRefused as err:
+            raise InvalidInput(str(err)) from err
+        password_hash = await self.passwords.hash(new)
+        async with self.pool.connection() as conn, conn.transaction():
+            await records.update_password_hash(conn, user.id, password_hash)
+            await records.end_sessions(conn, user.id, keep=keep_session)
+            await records.end_bearer_tokens(conn, user.id, keep=keep_token)
+
+    async def _verified(
+        self,
+        email: str,
+        password: str,
+        record_result: Callable[[bool], Awaitable[None]] | None,
+    ) -> records.User:
         async with self.pool.connection() as conn:
             user = await records.user_by_email(conn, email)
         ok = await self.passwords.verify(user.password_hash if user else None, password)
@@ -88,14 +167,10 @@ class AccountService:
             await record_result(ok)
         if not ok or user is None:
             raise WrongPassword("Wrong email or password.")
-        token = _new_token()
-        async with self.pool.connection() as conn, conn.transaction():
-            if new_hash is not None:
+        if new_hash is not None:
+            async with self.pool.connection() as conn:
                 await records.update_password_hash(conn, user.id, new_hash)
-            await records.insert_bearer_token(
-                conn, token, user.id, timedelta(days=self.settings.bearer_token_days)
-            )
-        return token
+        return user
 
 
 def _new_token() -> str:

@@ -21,6 +21,11 @@ class NotSignedIn(DomainError):
     """No credentials, or unknown, expired or revoked ones."""
 
 
+class CsrfRefused(DomainError):
+    """A state-changing request on a browser session without its CSRF token, or from
+    another site."""
+
+
 class RateLimited(DomainError):
     """Too many requests of this kind from this caller; ``retry_after`` says when."""
 

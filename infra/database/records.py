@@ -110,6 +110,61 @@ async def user_for_token(conn: Conn, token: str) -> User | None:
     return User(**row) if row else None
 
 
+async def end_bearer_tokens(conn: Conn, user_id: UUID, *, keep: str | None = None) -> int:
+    """End every bearer token of the user but ``keep``; how many ended."""
+    cur = await conn.execute(
+        "DELETE FROM bearer_tokens WHERE user_id = %s AND token_hash IS DISTINCT FROM %s",
+        (user_id, token_digest(keep) if keep else None),
+    )
+    return cur.rowcount
+
+
+# --- browser sessions ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Session:
+    user: User
+    csrf_token: str
+
+
+async def insert_session(
+    conn: Conn, session_id: str, user_id: UUID, csrf_token: str, ttl: timedelta
+) -> None:
+    await conn.execute(
+        "INSERT INTO sessions (id_hash, user_id, csrf_token, expires_at)"
+        " VALUES (%s, %s, %s, now() + %s)",
+        (token_digest(session_id), user_id, csrf_token, ttl),
+    )
+
+
+async def session(conn: Conn, session_id: str) -> Session | None:
+    cur = await conn.execute(
+        "SELECT u.id, u.email, u.password_hash, s.csrf_token"
+        " FROM sessions s JOIN users u ON u.id = s.user_id"
+        " WHERE s.id_hash = %s AND s.expires_at > now()",
+        (token_digest(session_id),),
+    )
+    row = await cur.fetchone()
+    if row is None:
+        return None
+    csrf_token = row.pop("csrf_token")
+    return Session(user=User(**row), csrf_token=csrf_token)
+
+
+async def end_session(conn: Conn, session_id: str) -> None:
+    await conn.execute("DELETE FROM sessions WHERE id_hash = %s", (token_digest(session_id),))
+
+
+async def end_sessions(conn: Conn, user_id: UUID, *, keep: str | None = None) -> int:
+    """End every browser session of the user but ``keep``; how many ended."""
+    cur = await conn.execute(
+        "DELETE FROM sessions WHERE user_id = %s AND id_hash IS DISTINCT FROM %s",
+        (user_id, token_digest(keep) if keep else None),
+    )
+    return cur.rowcount
+
+
 # --- generations ------------------------------------------------------------------
 
 _GEN = (
