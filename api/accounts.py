@@ -10,6 +10,7 @@ from fastapi import APIRouter, Depends, Request, Response, status
 from api import limits
 from api.deps import (
     SESSION_COOKIE,
+    AccountHolder,
     AccountsDep,
     ConnDep,
     CurrentCaller,
@@ -159,11 +160,12 @@ async def close_session(
         422,
         503,
         s401="Not signed in, or the current password is wrong",
+        s403="A device token, or a session request without its CSRF token",
         s422="A weak new password",
     ),
 )
 async def change_password(
-    body: PasswordChange, caller: CurrentCaller, accounts: AccountsDep
+    body: PasswordChange, caller: AccountHolder, accounts: AccountsDep
 ) -> None:
     """Change the password; every other session and bearer token of the account ends."""
     await accounts.change_password(

@@ -13,7 +13,7 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from redis.asyncio import BlockingConnectionPool, Redis
 
-from api import accounts, characters, files, generations, health, streams
+from api import accounts, characters, files, generations, health, streams, tokens
 from api.docs import install_docs
 from api.errors import install_error_handlers
 from api.limits import Limits
@@ -101,7 +101,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     install_error_handlers(app)
     install_docs(app)
-    for module in (health, accounts, generations, streams, characters, files):
+    for module in (health, accounts, tokens, generations, streams, characters, files):
         app.include_router(module.router)
     _install_middleware(app, settings)
     return app

@@ -17,7 +17,7 @@ from redis.asyncio import Redis
 from temporalio.client import Client
 
 from api.services.accounts import AccountService
-from api.services.errors import CsrfRefused, NotSignedIn
+from api.services.errors import CsrfRefused, NotAllowed, NotSignedIn
 from api.services.generations import GenerationService
 from infra.database import records
 from infra.settings import Settings
@@ -98,6 +98,7 @@ class Caller:
     user: records.User
     token: str | None = None
     session_id: str | None = None
+    device: bool = False  # a device token: no power over tokens, the password, the account
 
 
 async def _caller(request: Request, credentials: BearerDep, conn: ConnDep) -> Caller:
@@ -108,10 +109,10 @@ async def _caller(request: Request, credentials: BearerDep, conn: ConnDep) -> Ca
     if credentials is not None:
         if credentials.scheme.lower() != "bearer":
             raise NotSignedIn("Send your token as 'Authorization: Bearer <token>'.")
-        user = await records.user_for_token(conn, credentials.credentials)
-        if user is None:
-            raise NotSignedIn("This token is unknown or has expired; log in again.")
-        return Caller(user, token=credentials.credentials)
+        bearer = await records.bearer(conn, credentials.credentials)
+        if bearer is None:
+            raise NotSignedIn("This token is unknown, revoked or expired; log in again.")
+        return Caller(bearer.user, token=credentials.credentials, device=bearer.device)
     session_id = request.cookies.get(SESSION_COOKIE)
     if not session_id:
         raise NotSignedIn("Log in, or send your token as 'Authorization: Bearer <token>'.")
@@ -135,6 +136,18 @@ def _origin(url: str) -> str:
 
 
 CurrentCaller = Annotated[Caller, Depends(_caller)]
+
+
+async def _account_holder(caller: CurrentCaller) -> Caller:
+    """A caller signed in with the password (a browser session or a log-in's token),
+    not with a device token: only such a caller manages tokens, the password and the
+    account, so a stolen device token cannot lock its owner out."""
+    if caller.device:
+        raise NotAllowed("A device token cannot do this; use the web app or log in.")
+    return caller
+
+
+AccountHolder = Annotated[Caller, Depends(_account_holder)]
 
 
 async def _current_user(caller: CurrentCaller) -> records.User:

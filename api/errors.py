@@ -30,6 +30,7 @@ STATUS_OF: dict[type[DomainError], tuple[int, str]] = {
     errors.NotSignedIn: (401, "unauthorized"),
     errors.NoTokens: (402, "insufficient_tokens"),
     errors.CsrfRefused: (403, "csrf_failed"),
+    errors.NotAllowed: (403, "forbidden"),
     errors.NotFound: (404, "not_found"),
     errors.EmailTaken: (409, "conflict"),
     errors.PhotoTooLarge: (413, "payload_too_large"),
@@ -144,7 +145,8 @@ _DESCRIPTIONS = {
     400: "Bad request",
     401: "No token, or an unknown or expired one",
     402: "No tokens left",
-    403: "A browser session's request without its CSRF token, or from another site",
+    403: "A device token may not do this; or a browser session's request without its CSRF"
+    " token, or from another site",
     404: "No such thing, or not yours",
     409: "Conflict",
     413: "Body larger than the limit",

@@ -77,6 +77,30 @@ class PasswordChange(BaseModel):
     )
 
 
+class DeviceTokenCreate(BaseModel):
+    name: str = Field(max_length=400, description="What it is for, e.g. 'Chrome at work'")
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        return text.clean_label(value, max_chars=100)
+
+
+class DeviceTokenPublic(BaseModel):
+    id: UUID
+    name: str | None
+    created_at: datetime
+    expires_at: datetime
+
+
+class DeviceTokenCreated(DeviceTokenPublic):
+    token: str = Field(description="Shown this once: send it as 'Authorization: Bearer <token>'")
+
+
+class DeviceTokenList(BaseModel):
+    tokens: list[DeviceTokenPublic]
+
+
 class MePublic(BaseModel):
     id: UUID
     email: str

@@ -79,6 +79,7 @@ class Settings(BaseSettings):
     # Accounts and billing.
     signup_tokens: int = 3
     bearer_token_days: int = 30  # how long a token from sign-up or log-in is valid
+    device_token_days: int = 365  # how long a named device token lasts unless revoked
     session_days: int = 14  # how long a browser session lasts (its cookie's Max-Age too)
 
     # Product knobs passed into each workflow (so a run never reads config mid-flight).

@@ -18,7 +18,7 @@ from typing import Any
 from psycopg_pool import AsyncConnectionPool
 
 from api.services import text
-from api.services.errors import EmailTaken, InvalidInput, NotSignedIn, WrongPassword
+from api.services.errors import EmailTaken, InvalidInput, NotFound, NotSignedIn, WrongPassword
 from api.services.passwords import Passwords
 from billing import ledger
 from infra.database import records
@@ -114,6 +114,32 @@ class AccountService:
                 timedelta(days=self.settings.session_days),
             )
         return opened
+
+    async def create_device_token(
+        self, user: records.User, name: str
+    ) -> tuple[str, records.DeviceToken]:
+        """A new named device token; the token itself is shown this once, only its
+        SHA-256 is kept."""
+        token = _new_token()
+        async with self.pool.connection() as conn:
+            made = await records.insert_bearer_token(
+                conn,
+                token,
+                user.id,
+                timedelta(days=self.settings.device_token_days),
+                name=name,
+                device=True,
+            )
+        return token, made
+
+    async def device_tokens(self, user: records.User) -> list[records.DeviceToken]:
+        async with self.pool.connection() as conn:
+            return await records.device_tokens(conn, user.id)
+
+    async def revoke_device_token(self, user: records.User, token_id: uuid.UUID) -> None:
+        async with self.pool.connection() as conn:
+            if not await records.revoke_device_token(conn, user.id, token_id):
+                raise NotFound("No such device token.")
 
     async def session(self, session_id: str) -> records.Session:
         async with self.pool.connection() as conn:

@@ -26,6 +26,10 @@ class CsrfRefused(DomainError):
     another site."""
 
 
+class NotAllowed(DomainError):
+    """The credential may not do this (a device token managing tokens or the account)."""
+
+
 class RateLimited(DomainError):
     """Too many requests of this kind from this caller; ``retry_after`` says when."""
 

@@ -46,6 +46,18 @@ def clean_prompt(prompt: str, *, max_chars: int) -> str:
     return prompt
 
 
+def clean_label(label: str, *, max_chars: int) -> str:
+    """A name a person gives a thing (a device token): NFC, trimmed, one line, visible."""
+    label = unicodedata.normalize("NFC", label).strip()
+    if _control_characters(label):
+        raise TextRefused("The name contains control characters.")
+    if not any(unicodedata.category(ch) not in _INVISIBLE_CATEGORIES for ch in label):
+        raise TextRefused("The name is empty.")
+    if len(label) > max_chars:
+        raise TextRefused(f"The name is longer than {max_chars} characters.")
+    return label
+
+
 def normalize_email(email: str) -> str:
     """One spelling per address: NFKC folds look-alikes (fullwidth letters, ligatures)
     into their plain form, case folding makes ``Straße`` and ``STRASSE`` one account."""

@@ -92,22 +92,68 @@ def token_digest(token: str) -> bytes:
     return hashlib.sha256(token.encode()).digest()
 
 
-async def insert_bearer_token(conn: Conn, token: str, user_id: UUID, ttl: timedelta) -> None:
-    await conn.execute(
-        "INSERT INTO bearer_tokens (token_hash, user_id, expires_at) VALUES (%s, %s, now() + %s)",
-        (token_digest(token), user_id, ttl),
-    )
-
-
-async def user_for_token(conn: Conn, token: str) -> User | None:
+async def insert_bearer_token(
+    conn: Conn,
+    token: str,
+    user_id: UUID,
+    ttl: timedelta,
+    *,
+    name: str | None = None,
+    device: bool = False,
+) -> DeviceToken:
     cur = await conn.execute(
-        "SELECT u.id, u.email, u.password_hash"
+        "INSERT INTO bearer_tokens (token_hash, user_id, expires_at, name, device)"
+        " VALUES (%s, %s, now() + %s, %s, %s) RETURNING id, name, created_at, expires_at",
+        (token_digest(token), user_id, ttl, name, device),
+    )
+    row = await cur.fetchone()
+    assert row is not None
+    return DeviceToken(**row)
+
+
+@dataclass(frozen=True)
+class Bearer:
+    user: User
+    device: bool  # a device token: no power over tokens, the password or the account
+
+
+@dataclass(frozen=True)
+class DeviceToken:
+    id: UUID
+    name: str | None
+    created_at: datetime
+    expires_at: datetime
+
+
+async def bearer(conn: Conn, token: str) -> Bearer | None:
+    cur = await conn.execute(
+        "SELECT u.id, u.email, u.password_hash, t.device"
         " FROM bearer_tokens t JOIN users u ON u.id = t.user_id"
         " WHERE t.token_hash = %s AND t.expires_at > now()",
         (token_digest(token),),
     )
     row = await cur.fetchone()
-    return User(**row) if row else None
+    if row is None:
+        return None
+    device = bool(row.pop("device"))
+    return Bearer(user=User(**row), device=device)
+
+
+async def device_tokens(conn: Conn, user_id: UUID) -> list[DeviceToken]:
+    cur = await conn.execute(
+        "SELECT id, name, created_at, expires_at FROM bearer_tokens"
+        " WHERE user_id = %s AND device AND expires_at > now() ORDER BY created_at, id",
+        (user_id,),
+    )
+    return [DeviceToken(**row) for row in await cur.fetchall()]
+
+
+async def revoke_device_token(conn: Conn, user_id: UUID, token_id: UUID) -> bool:
+    cur = await conn.execute(
+        "DELETE FROM bearer_tokens WHERE id = %s AND user_id = %s AND device",
+        (token_id, user_id),
+    )
+    return cur.rowcount > 0
 
 
 async def end_bearer_tokens(conn: Conn, user_id: UUID, *, keep: str | None = None) -> int:
