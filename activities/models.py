@@ -298,7 +298,7 @@ class ModelActivities:
         if key is None or job.step != contract.SEGMENT_IMAGE.name:
             return None
         data = await self.rt.storage.read_bytes(key)
-        return await asyncio.to_thread(outputs.image_size_of, io.BytesIO(data))
+        return await asyncio.to_thread(outputs.picture_size, io.BytesIO(data))
 
     @activity.defn(name=contract.RELEASE_MODEL_JOB)
     async def release_model_job(self, release: ReleaseInput) -> None:

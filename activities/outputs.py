@@ -48,7 +48,7 @@ async def check(role: str, path: Path, *, image_size: tuple[int, int] | None) ->
     """Check one output file by its role; returns what was learned (its size, frames).
     ``image_size`` is the size of the step's input image, which a mask must match."""
     if role == contract.IMAGE:
-        width, height = await asyncio.to_thread(_image_size, path)
+        width, height = await asyncio.to_thread(picture_size, path)
         return {"width": width, "height": height}
     if role == contract.MASK:
         width, height = await asyncio.to_thread(_mask_size, path)
@@ -62,11 +62,6 @@ async def check(role: str, path: Path, *, image_size: tuple[int, int] | None) ->
     raise OutputInvalid(f"no check for an output of role {role!r}")
 
 
-def image_size_of(source: Path | BinaryIO) -> tuple[int, int]:
-    """The size of an image we stored (checked when it was an output)."""
-    return _image_size(source)
-
-
 def _open(path: Path | BinaryIO) -> Image.Image:
     try:
         image = Image.open(path)
@@ -78,7 +73,8 @@ def _open(path: Path | BinaryIO) -> Image.Image:
     return image
 
 
-def _image_size(path: Path | BinaryIO) -> tuple[int, int]:
+def picture_size(path: Path | BinaryIO) -> tuple[int, int]:
+    """An image's size, once it has decoded whole."""
     with _open(path) as image:
         if image.width < 1 or image.height < 1:
             raise OutputInvalid("the image is empty")

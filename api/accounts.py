@@ -121,13 +121,12 @@ async def open_session(
     response_model=SessionPublic,
     responses=documented(401, s401="No browser session"),
 )
-async def current_session(caller: CurrentCaller, accounts: AccountsDep) -> SessionPublic:
+async def current_session(caller: CurrentCaller) -> SessionPublic:
     """The session's CSRF token again (a reloaded page has lost it)."""
-    if caller.session_id is None:
+    if caller.csrf_token is None:
         raise NotSignedIn("This is not a browser session.")
-    found = await accounts.session(caller.session_id)
     return SessionPublic(
-        csrf_token=found.csrf_token, user=UserPublic(id=caller.user.id, email=caller.user.email)
+        csrf_token=caller.csrf_token, user=UserPublic(id=caller.user.id, email=caller.user.email)
     )
 
 

@@ -98,6 +98,7 @@ class Caller:
     user: records.User
     token: str | None = None
     session_id: str | None = None
+    csrf_token: str | None = None  # the browser session's, read with it
     device: bool = False  # a device token: no power over tokens, the password, the account
 
 
@@ -127,7 +128,7 @@ async def _caller(request: Request, credentials: BearerDep, conn: ConnDep) -> Ca
         sent = request.headers.get(CSRF_HEADER, "")
         if not hmac.compare_digest(sent.encode(), found.csrf_token.encode()):
             raise CsrfRefused(f"Send the session's CSRF token in the {CSRF_HEADER} header.")
-    return Caller(found.user, session_id=session_id)
+    return Caller(found.user, session_id=session_id, csrf_token=found.csrf_token)
 
 
 def _origin(url: str) -> str:

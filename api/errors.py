@@ -44,10 +44,12 @@ STATUS_OF: dict[type[DomainError], tuple[int, str]] = {
 }
 
 
+_BY_TYPE: dict[type, tuple[int, str]] = dict(STATUS_OF)
+
+
 def status_of(err: DomainError) -> tuple[int, str]:
-    by_type: dict[type, tuple[int, str]] = dict(STATUS_OF)
     for kind in type(err).__mro__:
-        if (answer := by_type.get(kind)) is not None:
+        if (answer := _BY_TYPE.get(kind)) is not None:
             return answer
     return 400, "bad_request"
 

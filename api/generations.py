@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import logging
 from typing import Annotated
 from uuid import UUID
 
@@ -18,7 +17,6 @@ from infra.database import records
 from infra.settings import Settings
 
 router = APIRouter(prefix="/v1/generations", tags=["generations"])
-log = logging.getLogger("bitbuddies.api")
 
 
 def _created(settings: Settings, generation: records.Generation) -> GenerationCreated:

@@ -18,7 +18,7 @@ from typing import Any
 from psycopg_pool import AsyncConnectionPool
 
 from api.services import text
-from api.services.errors import EmailTaken, InvalidInput, NotFound, NotSignedIn, WrongPassword
+from api.services.errors import EmailTaken, InvalidInput, NotFound, WrongPassword
 from api.services.passwords import Passwords
 from billing import ledger
 from infra.database import records
@@ -140,13 +140,6 @@ class AccountService:
         async with self.pool.connection() as conn:
             if not await records.revoke_device_token(conn, user.id, token_id):
                 raise NotFound("No such device token.")
-
-    async def session(self, session_id: str) -> records.Session:
-        async with self.pool.connection() as conn:
-            found = await records.session(conn, session_id)
-        if found is None:
-            raise NotSignedIn("Your session has ended; log in again.")
-        return found
 
     async def close_session(self, session_id: str) -> None:
         async with self.pool.connection() as conn:
