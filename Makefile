@@ -18,7 +18,16 @@ install: $(STAMP)
 dev: $(STAMP)  ## run the whole service locally (Ctrl-C stops it)
 	$(BIN)/python -m infra.dev --data-dir .data
 
-test: $(STAMP)  ## lint, type-check and run every test against real services
+# The web app's browser tests drive Debian's chromium; installed once, with apt.
+CHROMIUM := /usr/bin/chromium
+SUDO     := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+$(CHROMIUM):
+	@echo "installing Debian's chromium for the browser tests (apt)"
+	$(SUDO) apt-get update -qq
+	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium
+
+test: $(STAMP) $(CHROMIUM)  ## lint, type-check and run every test against real services
 	$(BIN)/ruff check --no-cache .
 	$(BIN)/ruff format --no-cache --check .
 	$(BIN)/mypy

@@ -1,6 +1,7 @@
 """The end of a generation: package the character, deliver it or settle the generation
 (billing/settlement.py), tell the owner. Each activity is idempotent, so Temporal may
-retry it freely."""
+retry it freely. One whose account was deleted meanwhile is gone: delivering or settling
+it writes nothing and succeeds (its new assets are deleted), so the workflow ends."""
 
 from __future__ import annotations
 
@@ -67,42 +68,54 @@ class GenerationActivities:
         """Record the character, the generation's success and its terminal event in one
         transaction, then announce it."""
         assets = done.assets
-        async with self.rt.db.connection() as conn:
-            terminal = await settlement.deliver(
-                conn,
-                records.Character(
-                    id=UUID(done.character_id),
-                    user_id=UUID(done.user_id),
-                    generation_id=UUID(done.generation_id),
-                    prompt=done.prompt,
-                    webm_key=assets.webm_key,
-                    webp_key=assets.webp_key,
-                    png_key=assets.png_key,
-                    width=assets.width,
-                    height=assets.height,
-                    created_at=datetime.now(UTC),
-                ),
-            )
+        try:
+            async with self.rt.db.connection() as conn:
+                terminal = await settlement.deliver(
+                    conn,
+                    records.Character(
+                        id=UUID(done.character_id),
+                        user_id=UUID(done.user_id),
+                        generation_id=UUID(done.generation_id),
+                        prompt=done.prompt,
+                        webm_key=assets.webm_key,
+                        webp_key=assets.webp_key,
+                        png_key=assets.png_key,
+                        width=assets.width,
+                        height=assets.height,
+                        created_at=datetime.now(UTC),
+                    ),
+                )
+        except settlement.Gone:
+            # Its owner deleted their account while it ran: nothing is recorded, and the
+            # assets just made go too.
+            await self.rt.storage.delete_prefix(keys.character_assets(done.character_id))
+            activity.logger.info("not delivered: the account was deleted; assets deleted")
+            return
         await progress.announce(self.rt.redis, done.generation_id, terminal)
 
     @activity.defn(name=contract.SETTLE_GENERATION)
     async def settle_generation(self, ending: SettleInput) -> SettleResult:
         """Refund, record the ending and its terminal event in one transaction, then
         announce it (billing/settlement.py)."""
-        async with self.rt.db.connection() as conn:
-            settled = await settlement.settle(
-                conn,
-                UUID(ending.generation_id),
-                settlement.Ending(
-                    status=ending.status,
-                    step=ending.step,
-                    error_code=ending.error_code,
-                    message=ending.message,
-                    percent=ending.percent,
-                ),
-                settled_by=ending.settle_id,
-                reason=ending.reason,
-            )
+        try:
+            async with self.rt.db.connection() as conn:
+                settled = await settlement.settle(
+                    conn,
+                    UUID(ending.generation_id),
+                    settlement.Ending(
+                        status=ending.status,
+                        step=ending.step,
+                        error_code=ending.error_code,
+                        message=ending.message,
+                        percent=ending.percent,
+                    ),
+                    settled_by=ending.settle_id,
+                    reason=ending.reason,
+                )
+        except settlement.Gone:
+            # Its owner deleted their account, which settled it (billing/settlement.py).
+            activity.logger.info("not settled: the account was deleted")
+            return SettleResult(refunded=False)
         activity.logger.info(
             "settled: %s at %s (%s)",
             ending.error_code,

@@ -18,6 +18,11 @@ workflow that is merely slow is never touched (its Temporal status says RUNNING)
 The same sweep deletes the working files (the photo and the intermediate results) of
 every generation that ended more than ``files_retention_seconds`` ago; the character's
 assets (under ``characters/``) stay.
+
+It also deletes expired credentials (browser sessions, bearer tokens, email verification
+and password reset tokens), and for a day after an account's deletion, watches its
+generations (``erased_generations``): whatever a workflow that was still running then
+writes to storage afterwards is deleted again, and the permits it held are freed.
 """
 
 from __future__ import annotations
@@ -48,6 +53,8 @@ from workflows.lifecycle import StartFailed, start_or_refund
 log = logging.getLogger("bitbuddies.housekeeping")
 
 SWEEP_PAGE = 100
+# A deleted account's generations are watched this long: the longest a generation runs.
+ERASED_WATCH = timedelta(days=1)
 # fal-client retries an unreachable provider for about half a minute; a sweep moves on
 # sooner and asks again next time.
 STOP_JOB_SECONDS = 5.0
@@ -93,7 +100,47 @@ class Sweeper:
                     break
             await self._free_permits_of_ended(conn)
             await self._discard_working_files(conn)
+            await self._delete_expired_credentials(conn)
+            await self._clean_up_after_erased(conn)
         return self.report
+
+    async def _delete_expired_credentials(self, conn: Any) -> None:
+        expired = await records.delete_expired_credentials(conn)
+        if expired.total:
+            log.info(
+                "deleted expired credentials: %d sessions, %d bearer tokens, %d email tokens",
+                expired.sessions,
+                expired.bearer_tokens,
+                expired.email_tokens,
+            )
+
+    async def _clean_up_after_erased(self, conn: Any) -> None:
+        """The generations of deleted accounts: delete their storage prefixes again (a
+        workflow still running at the deletion may have written since) and free the
+        permits they hold; forget them after ``ERASED_WATCH``."""
+        await records.forget_erased_generations(conn, ERASED_WATCH)
+        page: list[records.ErasedGeneration] = []
+        while True:
+            page = await records.erased_generations(
+                conn, after=page[-1].generation_id if page else None, limit=SWEEP_PAGE
+            )
+            for erased in page:
+                activity.heartbeat()
+                deleted = await self.storage.delete_prefix(keys.working_files(erased.generation_id))
+                if erased.character_id is not None:
+                    deleted += await self.storage.delete_prefix(
+                        keys.character_assets(erased.character_id)
+                    )
+                _, freed = await self._free_permits(conn, erased.generation_id)
+                if deleted or freed:
+                    log.info(
+                        "deleted %d files of a deleted account's generation, freed %d permits",
+                        deleted,
+                        freed,
+                        extra={"generation_id": erased.generation_id},
+                    )
+            if len(page) < SWEEP_PAGE:
+                break
 
     async def _discard_working_files(self, conn: Any) -> None:
         retention = timedelta(seconds=self.settings.files_retention_seconds)
@@ -141,15 +188,18 @@ class Sweeper:
         """Settle it (billing/settlement.py) and announce that, then stop its provider
         jobs and free their permits, then tell the owner."""
         step = generation.step or "queued"
-        settled = await settlement.settle(
-            conn,
-            generation.id,
-            settlement.Ending(
-                status="failed", step=step, error_code="internal", message=INTERNAL_FAILURE
-            ),
-            settled_by="sweep",
-            reason=why,
-        )
+        try:
+            settled = await settlement.settle(
+                conn,
+                generation.id,
+                settlement.Ending(
+                    status="failed", step=step, error_code="internal", message=INTERNAL_FAILURE
+                ),
+                settled_by="sweep",
+                reason=why,
+            )
+        except settlement.Gone:
+            return  # its account was deleted since this sweep read it
         await progress.announce(self.redis, str(generation.id), settled.event)
         stopped, freed = await self._free_permits(conn, generation.id)
         context = {"generation_id": generation.id, "user_id": generation.user_id}

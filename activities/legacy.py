@@ -44,12 +44,16 @@ class LegacyActivities:
             message=failure.message,
             percent=failure.percent,
         )
-        async with self.rt.db.connection() as conn:
-            terminal = await settlement.record_ending(
-                conn,
-                UUID(failure.generation_id),
-                ending,
-                message=failure.message,
-                refunded=failure.refunded,
-            )
+        try:
+            async with self.rt.db.connection() as conn:
+                terminal = await settlement.record_ending(
+                    conn,
+                    UUID(failure.generation_id),
+                    ending,
+                    message=failure.message,
+                    refunded=failure.refunded,
+                )
+        except settlement.Gone:
+            activity.logger.info("not recorded: the account was deleted")
+            return
         await progress.announce(self.rt.redis, failure.generation_id, terminal)

@@ -26,7 +26,7 @@ import httpx
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities import outputs
+from activities import outputs, pictures
 from activities.model_errors import (
     MODEL_JOB_LOST,
     MODEL_PROVIDER_UNAVAILABLE,
@@ -288,9 +288,40 @@ class ModelActivities:
                     output.files[role] = key
                     if job.step == contract.ANALYZE.name and role == contract.IMAGE:
                         output.data = await outputs.judge_analysis(local, output.data)
+                await self._show_picture(job, Path(scratch))
         finally:
             await release
         return output
+
+    async def _show_picture(self, job: ModelJob, scratch: Path) -> None:
+        """Store the step's picture and announce it (contract.PICTURES). Best effort: a
+        picture that could not be made is logged and skipped, never fails the step."""
+        picture = contract.PICTURES.get(job.step)
+        if picture is None:
+            return
+        try:
+            if picture.mask:
+                image = io.BytesIO(await self.rt.storage.read_bytes(job.inputs[contract.IMAGE]))
+                png = await asyncio.to_thread(pictures.render, image, scratch / contract.MASK)
+            else:
+                png = await asyncio.to_thread(pictures.render, scratch / contract.IMAGE)
+            await self.rt.storage.write_bytes(
+                keys.picture(job.generation_id, picture.name), png, content_type="image/png"
+            )
+        except Exception:  # a picture is a courtesy: the step's output stands
+            activity.logger.warning("no %s picture for %s", picture.name, job.step, exc_info=True)
+            return
+        await progress.publish(
+            self.rt.db,
+            self.rt.redis,
+            job.generation_id,
+            event="progress",
+            dedupe=f"{job.step}:picture",
+            step=job.step,
+            message=picture.message,
+            percent=job.percent,
+            picture=picture.name,
+        )
 
     async def _image_size(self, job: ModelJob) -> tuple[int, int] | None:
         """The size of the step's input image, which its mask must have."""

@@ -13,11 +13,12 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from redis.asyncio import BlockingConnectionPool, Redis
 
-from api import accounts, characters, files, generations, health, streams, tokens
+from api import accounts, characters, files, generations, health, shared, streams, tokens
 from api.docs import install_docs
 from api.errors import install_error_handlers
 from api.limits import Limits
 from api.middleware import MULTIPART_OVERHEAD, BodyLimit, HostGuard, SecurityHeaders
+from api.pages import install_pages
 from api.services.accounts import AccountService
 from api.services.generations import GenerationService
 from api.services.passwords import Passwords
@@ -101,8 +102,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     install_error_handlers(app)
     install_docs(app)
-    for module in (health, accounts, tokens, generations, streams, characters, files):
+    for module in (health, accounts, tokens, generations, streams, characters, shared, files):
         app.include_router(module.router)
+    install_pages(app)
     _install_middleware(app, settings)
     return app
 

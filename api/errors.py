@@ -41,6 +41,7 @@ STATUS_OF: dict[type[DomainError], tuple[int, str]] = {
     errors.RateLimited: (429, "rate_limited"),
     errors.Busy: (503, "unavailable"),
     errors.CouldNotStart: (503, "unavailable"),
+    errors.InvalidToken: (400, "invalid_token"),
 }
 
 

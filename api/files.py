@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import mimetypes
 import time
+from collections.abc import Mapping
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request
@@ -13,7 +14,7 @@ from fastapi.responses import StreamingResponse
 from api.deps import SettingsDep, StorageDep
 from api.errors import documented
 from api.services.errors import NotFound, NotSignedIn
-from infra.storage import ObjectNotFound
+from infra.storage import ObjectNotFound, Storage
 from infra.storage.local import verify_signature
 
 router = APIRouter(prefix="/v1/files", tags=["files"])
@@ -35,17 +36,33 @@ async def get_file(
     secret = settings.signing_secret.get_secret_value()
     if not verify_signature(key, expires, sig, secret=secret, now=time.time()):
         raise NotSignedIn("This link is invalid or has expired.")
+    content_type = mimetypes.guess_type(key)[0] or "application/octet-stream"
+    return await object_response(
+        storage,
+        key,
+        content_type=content_type,
+        cache="private, max-age=3600",
+        # a signed link is its own authorisation: any origin may fetch it
+        extra={"Access-Control-Allow-Origin": "*"},
+    )
+
+
+async def object_response(
+    storage: Storage,
+    key: str,
+    *,
+    content_type: str,
+    cache: str,
+    download_as: str | None = None,
+    extra: Mapping[str, str] | None = None,
+) -> StreamingResponse:
+    """One stored object, streamed (memory flat whatever its size); 404 when it is not
+    there (or no longer: working files go once a generation has ended)."""
     try:
         size = await storage.size(key)
     except (ObjectNotFound, ValueError) as err:
         raise NotFound("No such file.") from err
-    content_type = mimetypes.guess_type(key)[0] or "application/octet-stream"
-    return StreamingResponse(
-        storage.read_stream(key),
-        media_type=content_type,
-        headers={
-            "Content-Length": str(size),
-            "Cache-Control": "private, max-age=3600",
-            "Access-Control-Allow-Origin": "*",
-        },
-    )
+    headers = {"Content-Length": str(size), "Cache-Control": cache, **(extra or {})}
+    if download_as is not None:
+        headers["Content-Disposition"] = f'attachment; filename="{download_as}"'
+    return StreamingResponse(storage.read_stream(key), media_type=content_type, headers=headers)

@@ -7,14 +7,26 @@ from typing import Annotated
 from uuid import UUID
 
 from fastapi import APIRouter, File, Form, Header, Request, UploadFile, status
+from fastapi.responses import StreamingResponse
 
 from api import limits
-from api.deps import ConnDep, CurrentUser, CurrentUserAlone, GenerationsDep, SettingsDep
+from api.deps import (
+    ConnDep,
+    CurrentUser,
+    CurrentUserAlone,
+    GenerationsDep,
+    SettingsDep,
+    StorageDep,
+)
 from api.errors import documented
+from api.files import object_response
 from api.schemas import GenerationCreated, GenerationPublic
+from api.services.errors import NotFound
 from api.services.generations import StartRequest, owned_generation
 from infra.database import records
 from infra.settings import Settings
+from infra.storage import keys
+from workflows.contract import PICTURE_NAMES
 
 router = APIRouter(prefix="/v1/generations", tags=["generations"])
 
@@ -80,4 +92,28 @@ async def get_generation(generation_id: UUID, user: CurrentUser, conn: ConnDep) 
         step=generation.step,
         error=generation.error,
         character_id=generation.character_id,
+    )
+
+
+@router.get(
+    "/{generation_id}/pictures/{name}",
+    response_class=StreamingResponse,
+    responses=documented(
+        401, 404, 422, s404="No such generation, or the picture is not made (or gone)"
+    ),
+)
+async def get_picture(
+    generation_id: UUID, name: str, user: CurrentUser, conn: ConnDep, storage: StorageDep
+) -> StreamingResponse:
+    """A picture made on the way (the photo, the cartoon, the cut-out), announced by a
+    progress event's ``picture``; to the generation's owner, while it runs and until its
+    working files are deleted."""
+    await owned_generation(conn, generation_id, user.id)
+    if name not in PICTURE_NAMES:
+        raise NotFound("No such picture.")
+    return await object_response(
+        storage,
+        keys.picture(generation_id, name),
+        content_type="image/png",
+        cache="private, max-age=600",
     )

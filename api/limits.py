@@ -25,6 +25,7 @@ class Limits:
     login_per_ip: Quota
     login_failures: FailureBackoff
     starts_per_user: Quota
+    mails_per_address: Quota
     streams_per_user: Concurrency
 
     @classmethod
@@ -37,6 +38,7 @@ class Limits:
             starts_per_user=Quota(
                 "starts-user", settings.generation_starts_per_user_per_minute, 60
             ),
+            mails_per_address=Quota("mails-address", settings.mails_per_address_per_hour, 3600),
             streams_per_user=Concurrency("streams-user", settings.open_streams_per_user),
         )
 
@@ -88,4 +90,14 @@ async def start_allowed(request: Request, user_id: str) -> None:
         _refuse(
             await limits.starts_per_user.hit(redis, user_id),
             "You are starting BitBuddies faster than we can make them; try again shortly.",
+        )
+
+
+async def mail_allowed(request: Request, email: str) -> None:
+    """Before a verification or reset mail to ``email`` (normalised) is sent."""
+    limits, redis = limits_of(request)
+    if limits.enabled:
+        _refuse(
+            await limits.mails_per_address.hit(redis, email),
+            "Too many emails to this address; wait an hour, or look in your spam folder.",
         )

@@ -105,6 +105,45 @@ class MePublic(BaseModel):
     id: UUID
     email: str
     balance: int
+    email_verified: bool = Field(description="Whether the emailed verification link was followed")
+
+
+class AccountDelete(BaseModel):
+    password: str = Field(max_length=256, description="The account's password, to confirm")
+
+    @field_validator("password")
+    @classmethod
+    def _password(cls, value: str) -> str:
+        text.check_password_text(value)
+        return value
+
+
+class EmailToken(BaseModel):
+    """The token of an emailed link (the part after ``#token=``)."""
+
+    token: str = Field(min_length=1, max_length=200)
+
+
+class EmailVerified(BaseModel):
+    verified: bool
+    granted: int = Field(description="Tokens granted by this verification; 0 if already")
+
+
+class PasswordResetRequest(BaseModel):
+    email: str = Field(max_length=320)
+
+    @field_validator("email")
+    @classmethod
+    def _email(cls, value: str) -> str:
+        return text.normalize_email(value)
+
+
+class PasswordResetConfirm(BaseModel):
+    token: str = Field(min_length=1, max_length=200)
+    new_password: str = Field(
+        max_length=256,
+        description=f"At least {text.MIN_PASSWORD_CHARS} characters, not a common password",
+    )
 
 
 class GenerationCreated(BaseModel):
@@ -131,7 +170,29 @@ class CharacterPublic(BaseModel):
     id: UUID
     prompt: str
     created_at: datetime
+    assets: CharacterAssets = Field(
+        description="Signed links, valid for 15 minutes; or fetch"
+        " /v1/characters/{id}/assets/{format} with your credentials"
+    )
+    shared: bool = Field(False, description="Whether its public share page is on")
+    share_url: str | None = Field(None, description="The public share page, while it is on")
+
+
+class ShareChange(BaseModel):
+    shared: bool
+
+
+class ShareState(BaseModel):
+    shared: bool
+    share_url: str | None
+
+
+class SharedCharacter(BaseModel):
+    """A shared character as anyone sees it: its animation, nothing of its owner."""
+
     assets: CharacterAssets
+    width: int
+    height: int
 
 
 class CharacterList(BaseModel):

@@ -37,7 +37,7 @@ class KeyReused(LedgerError):
 @dataclass(frozen=True)
 class LedgerEntry:
     id: int
-    user_id: UUID
+    user_id: UUID | None  # None once the account was deleted (see ``erase_account``)
     delta: int
     kind: EntryKind
     idempotency_key: str
@@ -45,11 +45,15 @@ class LedgerEntry:
     refund_of: int | None
     reason: str | None
     created_at: datetime
+    erased_account: UUID | None = None  # a deleted account's entries: its random stand-in
 
 
 Conn = AsyncConnection[dict[str, Any]]
 
-_COLUMNS = "id, user_id, delta, kind, idempotency_key, generation_id, refund_of, reason, created_at"
+_COLUMNS = (
+    "id, user_id, delta, kind, idempotency_key, generation_id, refund_of, reason, created_at,"
+    " erased_account"
+)
 
 
 class _Conflict(Exception):
@@ -135,6 +139,26 @@ async def grant(
     return _same(entry, user_id, kind)
 
 
+async def grant_once(
+    conn: Conn, user_id: UUID, tokens: int, *, idempotency_key: str, reason: str | None = None
+) -> bool:
+    """``grant``, saying whether this call made the entry (False: it was made before)."""
+    if tokens <= 0:
+        raise LedgerError("a grant adds at least one token")
+    if existing := await _by_key(conn, idempotency_key):
+        _same(existing, user_id, "grant")
+        return False
+    entry = await _append(
+        conn, user_id=user_id, delta=tokens, kind="grant", key=idempotency_key, reason=reason
+    )
+    if entry is None:  # a concurrent transaction made it first
+        found = await _by_key(conn, idempotency_key)
+        assert found is not None
+        _same(found, user_id, "grant")
+        return False
+    return True
+
+
 async def charge(
     conn: Conn, user_id: UUID, *, idempotency_key: str, generation_id: UUID, tokens: int = 1
 ) -> LedgerEntry:
@@ -163,7 +187,7 @@ async def refund(conn: Conn, *, charge_key: str, idempotency_key: str, reason: s
             raise KeyReused(f"idempotency key {idempotency_key!r} names a {existing.kind}")
         return existing
     charged = await _by_key(conn, charge_key)
-    if charged is None or charged.kind != "charge":
+    if charged is None or charged.kind != "charge" or charged.user_id is None:
         raise NothingToRefund(f"no charge under {charge_key!r}")
     if prior := await refund_of(conn, charged.id):
         return prior
@@ -201,6 +225,28 @@ async def entries_for_generation(conn: Conn, generation_id: UUID) -> list[Ledger
     cur = await conn.execute(
         f"SELECT {_COLUMNS} FROM ledger_entries WHERE generation_id = %s ORDER BY id",
         (generation_id,),
+    )
+    return [LedgerEntry(**row) for row in await cur.fetchall()]
+
+
+async def erase_account(conn: Conn, user_id: UUID, erased_account: UUID) -> int:
+    """Remove a deleted account's identity from its entries, which stay: the user, the
+    generation, the key and the reason go (keys and reasons name the user or their
+    generations); the amount, kind, refund link and time stay, under ``erased_account``,
+    a random id the caller makes and keeps nowhere. The one update the ledger's trigger
+    allows (migration 0013). Returns how many entries were erased."""
+    cur = await conn.execute(
+        "UPDATE ledger_entries SET user_id = NULL, erased_account = %s, generation_id = NULL,"
+        " reason = NULL, idempotency_key = 'erased:' || id WHERE user_id = %s",
+        (erased_account, user_id),
+    )
+    return cur.rowcount
+
+
+async def erased_entries(conn: Conn, erased_account: UUID) -> list[LedgerEntry]:
+    cur = await conn.execute(
+        f"SELECT {_COLUMNS} FROM ledger_entries WHERE erased_account = %s ORDER BY id",
+        (erased_account,),
     )
     return [LedgerEntry(**row) for row in await cur.fetchall()]
 

@@ -14,6 +14,10 @@ Each is safe to repeat and safe to race: a charge is refunded at most once whate
 the refund arrives with, the outcome is written once (the first one stands), and the log
 takes one terminal event. The functions run in the caller's connection; announce the
 returned event (``infra.progress.announce``) after the caller's commit.
+
+A generation whose account was deleted is gone: ``deliver`` and ``settle`` lock its row
+first and raise ``Gone`` when there is none, writing nothing, so a workflow still running
+when its owner left can neither bring a row back nor fail over and over.
 """
 
 from __future__ import annotations
@@ -28,6 +32,15 @@ from infra.database.records import Conn
 from infra.progress import ProgressEvent
 from workflows import contract
 from workflows.contract import EndedBadly
+
+
+class Gone(LookupError):
+    """The generation no longer exists: its account was deleted. Nothing was written."""
+
+
+async def _lock(conn: Conn, generation_id: UUID) -> None:
+    if not await records.lock_generation(conn, generation_id):
+        raise Gone(str(generation_id))
 
 
 @dataclass(frozen=True)
@@ -48,8 +61,10 @@ class Settled:
 
 
 async def deliver(conn: Conn, character: records.Character) -> ProgressEvent:
-    """Record the character, the generation's success and its terminal event."""
+    """Record the character, the generation's success and its terminal event; Gone
+    when the generation's account was deleted."""
     async with conn.transaction():
+        await _lock(conn, character.generation_id)
         await records.insert_character(conn, character)
         await records.finish_generation(
             conn,
@@ -75,8 +90,10 @@ async def settle(
 ) -> Settled:
     """Refund the generation's charge (if it has one and it was not refunded yet), then
     record the ending and its terminal event, in one transaction. ``settled_by`` makes
-    the refund's key (``ledger.refund_key``); ``reason`` goes into the ledger."""
+    the refund's key (``ledger.refund_key``); ``reason`` goes into the ledger. Gone when
+    the generation's account was deleted."""
     async with conn.transaction():
+        await _lock(conn, generation_id)
         refunded = await refund_charge(
             conn,
             generation_id,
@@ -113,8 +130,10 @@ async def record_ending(
     conn: Conn, generation_id: UUID, ending: Ending, *, message: str, refunded: bool
 ) -> ProgressEvent:
     """Write the outcome and its terminal event (the halves of ``settle``; alone only
-    for workflows that refund and record in two activities, see activities/legacy.py)."""
+    for workflows that refund and record in two activities, see activities/legacy.py).
+    Gone when the generation's account was deleted."""
     async with conn.transaction():
+        await _lock(conn, generation_id)
         await records.finish_generation(
             conn,
             generation_id,

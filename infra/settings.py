@@ -81,6 +81,19 @@ class Settings(BaseSettings):
     bearer_token_days: int = 30  # how long a token from sign-up or log-in is valid
     device_token_days: int = 365  # how long a named device token lasts unless revoked
     session_days: int = 14  # how long a browser session lasts (its cookie's Max-Age too)
+    # How long a mailed link works: the email verification link, the password reset link.
+    email_verification_hours: float = Field(48.0, gt=0)
+    password_reset_minutes: float = Field(60.0, gt=0)
+    # Account deletion cancels the account's running generations and waits this long at
+    # most for their workflows to settle (refund) before it settles what is left itself.
+    account_deletion_wait_seconds: float = Field(30.0, ge=0)
+
+    # Mail (verification and reset links): smtp://[user:password@]host:port (STARTTLS when
+    # the server offers it) or smtps://... (TLS from the start). Without it the link is
+    # logged at WARNING instead, which is for local mode only: a production API refuses
+    # to start without it (infra/mail.py).
+    smtp_url: SecretStr | None = None
+    mail_from: str = "BitBuddies <no-reply@bitbuddies.local>"
 
     # Product knobs passed into each workflow (so a run never reads config mid-flight).
     render_size: int = 512
@@ -122,6 +135,9 @@ class Settings(BaseSettings):
     # last failure, doubling up to 15 minutes.
     login_failures_before_backoff: int = 5
     generation_starts_per_user_per_minute: int = 10
+    # Verification and reset mails to one address, whoever asks: nobody can flood an
+    # inbox from many addresses of their own.
+    mails_per_address_per_hour: int = 5
     open_streams_per_user: int = 20
 
     log_level: str = "INFO"

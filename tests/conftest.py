@@ -21,6 +21,7 @@ from billing import ledger
 from infra import supervisor
 from infra.database import open_pool
 from tests.support.gcs import gcs_emulator_url  # noqa: F401 (a fixture, registered here)
+from tests.support.mailbox import Mailbox
 
 TEST_ENV = {
     # Small and short, so the whole pipeline runs in seconds on two cores.
@@ -123,9 +124,21 @@ class Stack:
 
 
 @pytest.fixture(scope="session")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    cfg = supervisor.StackConfig.throwaway(tmp_path_factory.mktemp("stack"), env=TEST_ENV)
-    for key, value in {**cfg.app_env(), **TEST_ENV}.items():
+def mailbox() -> Iterator[Mailbox]:
+    """The SMTP server the stack's API mails to (tests/support/mailbox.py)."""
+    box = Mailbox()
+    box.start()
+    try:
+        yield box
+    finally:
+        box.stop()
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory, mailbox: Mailbox) -> Iterator[Stack]:
+    env = {**TEST_ENV, "BITBUDDIES_SMTP_URL": mailbox.url}
+    cfg = supervisor.StackConfig.throwaway(tmp_path_factory.mktemp("stack"), env=env)
+    for key, value in {**cfg.app_env(), **env}.items():
         os.environ[key] = value  # in-process helpers read the same settings
     with supervisor.running(cfg) as started:
         by_name = {s.name: s for s in started}

@@ -124,6 +124,27 @@ MODEL_STEPS: Final = (
 TRANSCODE_STEP: Final = "transcode"
 TRANSCODE_PERCENT: Final = 85
 
+
+# The pictures a person sees while their BitBuddy is made, long before the animation:
+# after the step named here, a ``progress`` event of that step carries
+# ``picture: <name>`` and GET /v1/generations/{id}/pictures/{name} serves it (a PNG, at
+# most PICTURE_SIDE a side) to the generation's owner until its working files are gone.
+@dataclass(frozen=True)
+class Picture:
+    name: str
+    message: str
+    mask: bool = False  # the step's mask over its input image (a cut-out), not its image
+
+
+PICTURE_SIDE: Final = 512
+PICTURES: Final[dict[str, Picture]] = {
+    ANALYZE.name: Picture("photo", "Here's the photo we'll draw"),
+    CARTOONIFY.name: Picture("cartoon", "Here's your cartoon"),
+    EXPAND.name: Picture("full_body", "Here's all of you"),
+    SEGMENT_IMAGE.name: Picture("cutout", "Cut out and ready to move", mask=True),
+}
+PICTURE_NAMES: Final = frozenset(p.name for p in PICTURES.values())
+
 # The ApplicationError type of a photo the workflow refused (NSFW, unusable).
 PHOTO_REJECTED: Final = "PhotoRejected"
 

@@ -1,6 +1,14 @@
-"""Accounts: sign-up (hash, create, open the balance, grant, issue a token), log-in (a
-bearer token for API clients, or a browser session), log-out, and password change, which
-ends every other session and token.
+"""Accounts: sign-up (hash, create, open the balance, grant, issue a token, mail the
+verification link), log-in (a bearer token for API clients, or a browser session),
+log-out, password change, which ends every other session and token, email verification
+and password reset by email. Deletion is in api/services/deletion.py.
+
+Free sign-up tokens: granted at sign-up in local mode; in production only once the email
+is verified (at most once: ``ledger.signup_grant_key``). Emailed links carry a random
+token, stored as its SHA-256, used once, expiring (``email_verification_hours``,
+``password_reset_minutes``); the link puts it after ``#`` so it never reaches a server's
+logs. Mail is sent in the background (infra/mail.py): a slow or failing mail server
+delays no answer, and a password reset answers the same whether the account exists.
 
 Password hashing holds no database connection: each call hashes or verifies first
 (bounded by ``Passwords``), then checks a connection out only for its short writes.
@@ -8,6 +16,8 @@ Password hashing holds no database connection: each call hashes or verifies firs
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import secrets
 import uuid
 from collections.abc import Awaitable, Callable
@@ -18,13 +28,17 @@ from typing import Any
 from psycopg_pool import AsyncConnectionPool
 
 from api.services import text
-from api.services.errors import EmailTaken, InvalidInput, NotFound, WrongPassword
+from api.services.errors import EmailTaken, InvalidInput, InvalidToken, NotFound, WrongPassword
 from api.services.passwords import Passwords
 from billing import ledger
 from infra.database import records
+from infra.mail import Letter, Mailer, MailFailed
 from infra.settings import Settings
 
+log = logging.getLogger("bitbuddies.accounts")
+
 _TAKEN = "An account with this email already exists; log in instead."
+_BAD_LINK = "This link is unknown, expired or was used already; ask for a new one."
 
 
 @dataclass(frozen=True)
@@ -41,13 +55,26 @@ class SignedUp:
     token: str
 
 
+@dataclass(frozen=True)
+class Verified:
+    granted: int  # tokens this verification granted (0: none, or granted before)
+
+
 class AccountService:
     def __init__(
-        self, pool: AsyncConnectionPool[Any], settings: Settings, passwords: Passwords
+        self,
+        pool: AsyncConnectionPool[Any],
+        settings: Settings,
+        passwords: Passwords,
+        mailer: Mailer | None = None,
     ) -> None:
+        """``mailer`` defaults to the settings' (refused in production without SMTP, so
+        the API does not start without a way to send its links)."""
         self.pool = pool
         self.settings = settings
         self.passwords = passwords
+        self.mailer = mailer or Mailer.from_settings(settings)
+        self._sending: set[asyncio.Task[None]] = set()
 
     async def sign_up(self, email: str, password: str) -> SignedUp:
         """A new account with its bearer token. ``email`` is normalised and ``password``
@@ -60,10 +87,12 @@ class AccountService:
         password_hash = await self.passwords.hash(password)
         user_id = uuid.uuid4()
         token = _new_token()
+        link_token = _new_token()
         async with self.pool.connection() as conn, conn.transaction():
             if not await records.insert_user(conn, user_id, email, password_hash):
                 raise EmailTaken(_TAKEN)
             await ledger.open_account(conn, user_id)
+            # In production the free tokens wait for the verified email (verify_email).
             if settings.environment == "local" and settings.signup_tokens > 0:
                 await ledger.grant(
                     conn,
@@ -75,7 +104,131 @@ class AccountService:
             await records.insert_bearer_token(
                 conn, token, user_id, timedelta(days=settings.bearer_token_days)
             )
+            await self._new_verification(conn, user_id, link_token)
+        self._send_later(self._verification_letter(email, link_token))
         return SignedUp(user_id=user_id, email=email, token=token)
+
+    async def resend_verification(self, user: records.User) -> None:
+        """A new verification link, unless the email is verified already (then nothing
+        is sent)."""
+        link_token = _new_token()
+        async with self.pool.connection() as conn:
+            if await records.email_verified(conn, user.id):
+                return
+            await self._new_verification(conn, user.id, link_token)
+        self._send_later(self._verification_letter(user.email, link_token))
+
+    async def verify_email(self, token: str) -> Verified:
+        """Mark the link's account verified; in production grant its free tokens, once.
+        InvalidToken when the link is unknown, expired or used."""
+        settings = self.settings
+        async with self.pool.connection() as conn, conn.transaction():
+            user_id = await records.use_email_token(conn, token, "verify_email")
+            if user_id is None:
+                raise InvalidToken(_BAD_LINK)
+            await records.mark_email_verified(conn, user_id)
+            granted = 0
+            if settings.environment == "production" and settings.signup_tokens > 0:
+                made = await ledger.grant_once(
+                    conn,
+                    user_id,
+                    settings.signup_tokens,
+                    idempotency_key=ledger.signup_grant_key(user_id),
+                    reason="free tokens for a verified account",
+                )
+                granted = settings.signup_tokens if made else 0
+        return Verified(granted=granted)
+
+    async def request_password_reset(self, email: str) -> None:
+        """Mail a reset link if an account has this (normalised) email; the caller
+        answers the same either way, and the mail goes in the background."""
+        link_token = _new_token()
+        async with self.pool.connection() as conn:
+            user = await records.user_by_email(conn, email)
+            if user is not None:
+                await records.insert_email_token(
+                    conn,
+                    link_token,
+                    user.id,
+                    "reset_password",
+                    timedelta(minutes=self.settings.password_reset_minutes),
+                )
+        if user is not None:
+            link = self._link("reset-password", link_token)
+            minutes = round(self.settings.password_reset_minutes)
+            self._send_later(
+                Letter(
+                    to=user.email,
+                    subject="Reset your BitBuddies password",
+                    body=(
+                        "Someone asked to reset the password of your BitBuddies account."
+                        f" To choose a new one, open this link:\n\n{link}\n\nIt works"
+                        f" once, for {minutes} minutes. If it was not you, ignore this"
+                        " mail: your password stays as it is.\n"
+                    ),
+                    link=link,
+                    purpose="password reset",
+                )
+            )
+
+    async def reset_password(self, token: str, new: str) -> None:
+        """Set a new password from a reset link, and end every session and bearer token
+        of the account. InvalidToken for a bad link, InvalidInput for a weak password
+        (the link stays usable then)."""
+        async with self.pool.connection() as conn:
+            user = await records.email_token_user(conn, token, "reset_password")
+        if user is None:
+            raise InvalidToken(_BAD_LINK)
+        password_hash = await self._new_password_hash(user, new)
+        async with self.pool.connection() as conn, conn.transaction():
+            if await records.use_email_token(conn, token, "reset_password") != user.id:
+                raise InvalidToken(_BAD_LINK)  # used meanwhile: nothing changes
+            await records.update_password_hash(conn, user.id, password_hash)
+            await records.end_sessions(conn, user.id)
+            await records.end_bearer_tokens(conn, user.id)
+        log.info("password reset by email", extra={"user_id": user.id})
+
+    async def _new_verification(self, conn: records.Conn, user_id: uuid.UUID, token: str) -> None:
+        await records.insert_email_token(
+            conn,
+            token,
+            user_id,
+            "verify_email",
+            timedelta(hours=self.settings.email_verification_hours),
+        )
+
+    def _verification_letter(self, email: str, token: str) -> Letter:
+        link = self._link("verify-email", token)
+        hours = round(self.settings.email_verification_hours)
+        return Letter(
+            to=email,
+            subject="Confirm your email for BitBuddies",
+            body=(
+                f"Welcome to BitBuddies! To confirm your email address, open this link:\n\n"
+                f"{link}\n\nIt works once, for {hours} hours. If you did not sign up,"
+                " ignore this mail.\n"
+            ),
+            link=link,
+            purpose="email verification",
+        )
+
+    def _link(self, page: str, token: str) -> str:
+        # After '#': browsers never send the fragment, so the token stays out of logs.
+        return f"{self.settings.public_url.rstrip('/')}/{page}#token={token}"
+
+    def _send_later(self, letter: Letter) -> None:
+        """Send in the background; a failure is logged (without the link)."""
+        task = asyncio.create_task(self._send(letter))
+        self._sending.add(task)
+        task.add_done_callback(self._sending.discard)
+
+    async def _send(self, letter: Letter) -> None:
+        try:
+            await self.mailer.send(letter)
+        except MailFailed as err:
+            log.error("%s", err)
+        except Exception as err:  # never the letter itself in the log: it holds the token
+            log.error("%s mail not sent: %s", letter.purpose, type(err).__name__)
 
     async def log_in(
         self,
@@ -145,6 +298,18 @@ class AccountService:
         async with self.pool.connection() as conn:
             await records.end_session(conn, session_id)
 
+    async def end_token(self, token: str) -> None:
+        async with self.pool.connection() as conn:
+            await records.end_bearer_token(conn, token)
+
+    async def _new_password_hash(self, user: records.User, new: str) -> str:
+        """The hash of a new password, once it passes the sign-up rules (InvalidInput)."""
+        try:
+            text.check_new_password(new, email=user.email)
+        except text.TextRefused as err:
+            raise InvalidInput(str(err)) from err
+        return await self.passwords.hash(new)
+
     async def change_password(
         self,
         user: records.User,
@@ -158,11 +323,7 @@ class AccountService:
         bearer token of the user but the one this change came with."""
         if not await self.passwords.verify(user.password_hash, current):
             raise WrongPassword("The current password is wrong.")
-        try:
-            text.check_new_password(new, email=user.email)
-        except text.TextRefused as err:
-            raise InvalidInput(str(err)) from err
-        password_hash = await self.passwords.hash(new)
+        password_hash = await self._new_password_hash(user, new)
         async with self.pool.connection() as conn, conn.transaction():
             await records.update_password_hash(conn, user.id, password_hash)
             await records.end_sessions(conn, user.id, keep=keep_session)

@@ -72,3 +72,8 @@ class CouldNotStart(DomainError):
 
 class NotFound(DomainError):
     """No such thing, or not the caller's (the two look the same)."""
+
+
+class InvalidToken(DomainError):
+    """An email link's token (verification, password reset) is unknown, expired or was
+    used already (the three look the same)."""

@@ -7,7 +7,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Literal
 from uuid import UUID
 
 from psycopg import AsyncConnection
@@ -53,6 +53,13 @@ class Character:
     width: int
     height: int
     created_at: datetime
+    # its public share page: the slug, once made; shared_at while sharing is on
+    share_slug: str | None = None
+    shared_at: datetime | None = None
+
+    @property
+    def shared(self) -> bool:
+        return self.shared_at is not None
 
 
 # --- accounts ---------------------------------------------------------------------
@@ -156,6 +163,11 @@ async def revoke_device_token(conn: Conn, user_id: UUID, token_id: UUID) -> bool
     return cur.rowcount > 0
 
 
+async def end_bearer_token(conn: Conn, token: str) -> None:
+    """Log out a bearer token: it is gone, whatever kind it is."""
+    await conn.execute("DELETE FROM bearer_tokens WHERE token_hash = %s", (token_digest(token),))
+
+
 async def end_bearer_tokens(conn: Conn, user_id: UUID, *, keep: str | None = None) -> int:
     """End every bearer token of the user but ``keep``; how many ended."""
     cur = await conn.execute(
@@ -209,6 +221,89 @@ async def end_sessions(conn: Conn, user_id: UUID, *, keep: str | None = None) ->
         (user_id, token_digest(keep) if keep else None),
     )
     return cur.rowcount
+
+
+# --- email links: verification and password reset ----------------------------------
+
+EmailPurpose = Literal["verify_email", "reset_password"]
+
+
+async def email_verified(conn: Conn, user_id: UUID) -> bool:
+    cur = await conn.execute(
+        "SELECT email_verified_at IS NOT NULL AS verified FROM users WHERE id = %s", (user_id,)
+    )
+    row = await cur.fetchone()
+    return bool(row and row["verified"])
+
+
+async def mark_email_verified(conn: Conn, user_id: UUID) -> bool:
+    """True when this call verified it (False: already verified, or no such user)."""
+    cur = await conn.execute(
+        "UPDATE users SET email_verified_at = now()"
+        " WHERE id = %s AND email_verified_at IS NULL RETURNING id",
+        (user_id,),
+    )
+    return await cur.fetchone() is not None
+
+
+async def insert_email_token(
+    conn: Conn, token: str, user_id: UUID, purpose: EmailPurpose, ttl: timedelta
+) -> None:
+    await conn.execute(
+        "INSERT INTO email_tokens (token_hash, user_id, purpose, expires_at)"
+        " VALUES (%s, %s, %s, now() + %s)",
+        (token_digest(token), user_id, purpose, ttl),
+    )
+
+
+async def email_token_user(conn: Conn, token: str, purpose: EmailPurpose) -> User | None:
+    """The user a live (unexpired, unused) link's token belongs to."""
+    cur = await conn.execute(
+        "SELECT u.id, u.email, u.password_hash FROM email_tokens t JOIN users u ON u.id = t.user_id"
+        " WHERE t.token_hash = %s AND t.purpose = %s AND t.expires_at > now()",
+        (token_digest(token), purpose),
+    )
+    row = await cur.fetchone()
+    return User(**row) if row else None
+
+
+async def use_email_token(conn: Conn, token: str, purpose: EmailPurpose) -> UUID | None:
+    """Use a live link's token: it, and every other of its purpose for the same user, is
+    deleted. The user's id, or None when it was unknown, expired or used already (a
+    concurrent use gets None: the row is gone once the first one commits)."""
+    cur = await conn.execute(
+        "DELETE FROM email_tokens WHERE token_hash = %s AND purpose = %s AND expires_at > now()"
+        " RETURNING user_id",
+        (token_digest(token), purpose),
+    )
+    row = await cur.fetchone()
+    if row is None:
+        return None
+    user_id: UUID = row["user_id"]
+    await conn.execute(
+        "DELETE FROM email_tokens WHERE user_id = %s AND purpose = %s", (user_id, purpose)
+    )
+    return user_id
+
+
+@dataclass(frozen=True)
+class ExpiredCredentials:
+    sessions: int
+    bearer_tokens: int
+    email_tokens: int
+
+    @property
+    def total(self) -> int:
+        return self.sessions + self.bearer_tokens + self.email_tokens
+
+
+async def delete_expired_credentials(conn: Conn) -> ExpiredCredentials:
+    """Delete every expired browser session, bearer token and email link token."""
+    counts = []
+    for table in ("sessions", "bearer_tokens", "email_tokens"):
+        cur = await conn.execute(f"DELETE FROM {table} WHERE expires_at <= now()")
+        counts.append(cur.rowcount)
+    return ExpiredCredentials(*counts)
 
 
 # --- generations ------------------------------------------------------------------
@@ -329,6 +424,7 @@ async def stale_open_generations(
 # --- characters -------------------------------------------------------------------
 
 _CHAR = "id, user_id, generation_id, prompt, webm_key, webp_key, png_key, width, height, created_at"
+_CHAR_READ = f"{_CHAR}, share_slug, shared_at"
 
 
 async def insert_character(conn: Conn, character: Character) -> Character:
@@ -350,7 +446,7 @@ async def insert_character(conn: Conn, character: Character) -> Character:
         ),
     )
     cur = await conn.execute(
-        f"SELECT {_CHAR} FROM characters WHERE generation_id = %s", (character.generation_id,)
+        f"SELECT {_CHAR_READ} FROM characters WHERE generation_id = %s", (character.generation_id,)
     )
     row = await cur.fetchone()
     assert row is not None
@@ -359,7 +455,8 @@ async def insert_character(conn: Conn, character: Character) -> Character:
 
 async def character_for_user(conn: Conn, character_id: UUID, user_id: UUID) -> Character | None:
     cur = await conn.execute(
-        f"SELECT {_CHAR} FROM characters WHERE id = %s AND user_id = %s", (character_id, user_id)
+        f"SELECT {_CHAR_READ} FROM characters WHERE id = %s AND user_id = %s",
+        (character_id, user_id),
     )
     row = await cur.fetchone()
     return Character(**row) if row else None
@@ -367,7 +464,114 @@ async def character_for_user(conn: Conn, character_id: UUID, user_id: UUID) -> C
 
 async def characters_for_user(conn: Conn, user_id: UUID, *, limit: int = 100) -> list[Character]:
     cur = await conn.execute(
-        f"SELECT {_CHAR} FROM characters WHERE user_id = %s ORDER BY created_at DESC LIMIT %s",
+        f"SELECT {_CHAR_READ} FROM characters WHERE user_id = %s ORDER BY created_at DESC LIMIT %s",
         (user_id, limit),
     )
     return [Character(**row) for row in await cur.fetchall()]
+
+
+async def set_character_shared(
+    conn: Conn, character_id: UUID, user_id: UUID, *, shared: bool, new_slug: str
+) -> Character | None:
+    """Switch a character's share page on or off, for its owner only (None otherwise).
+    The slug is made once (``new_slug``, used only if it has none) and kept."""
+    cur = await conn.execute(
+        "UPDATE characters SET share_slug = COALESCE(share_slug, %s),"
+        " shared_at = CASE WHEN %s THEN COALESCE(shared_at, now()) END"
+        f" WHERE id = %s AND user_id = %s RETURNING {_CHAR_READ}",
+        (new_slug, shared, character_id, user_id),
+    )
+    row = await cur.fetchone()
+    return Character(**row) if row else None
+
+
+async def shared_character(conn: Conn, slug: str) -> Character | None:
+    """The character whose share page this is, only while sharing is on."""
+    cur = await conn.execute(
+        f"SELECT {_CHAR_READ} FROM characters WHERE share_slug = %s AND shared_at IS NOT NULL",
+        (slug,),
+    )
+    row = await cur.fetchone()
+    return Character(**row) if row else None
+
+
+# --- account deletion ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ErasedGeneration:
+    generation_id: UUID
+    character_id: UUID | None
+
+
+async def open_generations(conn: Conn, user_id: UUID) -> list[Generation]:
+    """The user's queued or running generations."""
+    cur = await conn.execute(
+        f"SELECT {_GEN} FROM generations WHERE user_id = %s AND status IN ('queued', 'running')"
+        " ORDER BY created_at, id",
+        (user_id,),
+    )
+    return [Generation(**row) for row in await cur.fetchall()]
+
+
+async def lock_user_generations(conn: Conn, user_id: UUID) -> list[Generation]:
+    """Every generation of the user, locked until the transaction ends: a settle or a
+    delivery that runs meanwhile (``lock_generation``) waits, then finds them gone."""
+    cur = await conn.execute(
+        f"SELECT {_GEN} FROM generations WHERE user_id = %s ORDER BY id FOR UPDATE", (user_id,)
+    )
+    return [Generation(**row) for row in await cur.fetchall()]
+
+
+async def lock_generation(conn: Conn, generation_id: UUID) -> bool:
+    """Lock the generation's row until the transaction ends; False when it no longer
+    exists (its account was deleted)."""
+    cur = await conn.execute(
+        "SELECT id FROM generations WHERE id = %s FOR UPDATE", (generation_id,)
+    )
+    return await cur.fetchone() is not None
+
+
+async def erase_account(conn: Conn, user_id: UUID) -> list[ErasedGeneration]:
+    """Delete the user and everything that is theirs: characters, generations (their
+    event logs with them), and by cascade their balance, browser sessions, bearer tokens
+    and email link tokens. Each generation is remembered in ``erased_generations`` (ids
+    only) for the housekeeping sweep. The ledger's entries must be erased first
+    (``billing.ledger.erase_account``): they still name the generations."""
+    cur = await conn.execute(
+        "SELECT g.id AS generation_id, c.id AS character_id FROM generations g"
+        " LEFT JOIN characters c ON c.generation_id = g.id WHERE g.user_id = %s"
+        " UNION SELECT c.generation_id, c.id FROM characters c WHERE c.user_id = %s",
+        (user_id, user_id),
+    )
+    erased = [ErasedGeneration(**row) for row in await cur.fetchall()]
+    if erased:
+        await conn.execute(
+            "INSERT INTO erased_generations (generation_id, character_id)"
+            " SELECT * FROM unnest(%s::uuid[], %s::uuid[]) ON CONFLICT DO NOTHING",
+            ([e.generation_id for e in erased], [e.character_id for e in erased]),
+        )
+    await conn.execute("DELETE FROM characters WHERE user_id = %s", (user_id,))
+    await conn.execute("DELETE FROM generations WHERE user_id = %s", (user_id,))
+    await conn.execute("DELETE FROM users WHERE id = %s", (user_id,))
+    return erased
+
+
+async def erased_generations(
+    conn: Conn, *, after: UUID | None = None, limit: int
+) -> list[ErasedGeneration]:
+    """A page of the erased generations still watched, by id; ``after`` is the last id of
+    the previous page."""
+    cur = await conn.execute(
+        "SELECT generation_id, character_id FROM erased_generations"
+        " WHERE generation_id > %s ORDER BY generation_id LIMIT %s",
+        (after or UUID(int=0), limit),
+    )
+    return [ErasedGeneration(**row) for row in await cur.fetchall()]
+
+
+async def forget_erased_generations(conn: Conn, older_than: timedelta) -> int:
+    cur = await conn.execute(
+        "DELETE FROM erased_generations WHERE erased_at < now() - %s", (older_than,)
+    )
+    return cur.rowcount

@@ -24,5 +24,10 @@ def step_output(generation_id: UUID | str, step: str, name: str) -> str:
     return f"{working_files(generation_id)}{step}/{name}"
 
 
+def picture(generation_id: UUID | str, name: str) -> str:
+    """A picture shown while the generation runs (workflows/contract.py PICTURES)."""
+    return f"{working_files(generation_id)}pictures/{name}.png"
+
+
 def character_assets(character_id: UUID | str) -> str:
     return f"characters/{character_id}/"

@@ -499,7 +499,7 @@ async def test_urls_come_from_the_public_url_not_the_host_header(
     ("method", "path", "kwargs", "status", "code"),
     [
         ("GET", "/no/such/route", {}, 404, "not_found"),
-        ("DELETE", "/v1/me", {}, 405, "method_not_allowed"),
+        ("PUT", "/v1/me", {}, 405, "method_not_allowed"),
         ("POST", "/v1/auth/login", {"content": b"{not json"}, 422, "invalid_request"),
         ("POST", "/v1/auth/login", {"content": b"\xff\xfe{}"}, 422, "invalid_request"),
         ("GET", "/v1/generations/not-a-uuid", {}, 401, "unauthorized"),

@@ -17,6 +17,7 @@ from psycopg_pool import AsyncConnectionPool
 from infra import supervisor
 from tests.conftest import Stack, insert_generation
 from tests.support.client import User, signup
+from tests.support.mailbox import Mailbox
 from tests.support.photos import photo
 
 LIMITED_ENV = {
@@ -26,6 +27,7 @@ LIMITED_ENV = {
     "BITBUDDIES_LOGIN_FAILURES_BEFORE_BACKOFF": "3",
     "BITBUDDIES_GENERATION_STARTS_PER_USER_PER_MINUTE": "2",
     "BITBUDDIES_OPEN_STREAMS_PER_USER": "3",
+    "BITBUDDIES_MAILS_PER_ADDRESS_PER_HOUR": "3",
 }
 
 
@@ -76,6 +78,30 @@ async def test_signups_per_address_hold_across_processes(
     assert [a.status_code for a in answers[:4]] == [201] * 4
     for answer in answers[4:]:
         _assert_429(answer)
+
+
+async def test_mails_to_one_address_are_capped_whoever_asks_and_on_every_process(
+    http: httpx.AsyncClient, clients: list[httpx.AsyncClient], mailbox: Mailbox
+) -> None:
+    user = await signup(http)  # the main API: no limits; its sign-up mailed once
+    await mailbox.wait_for(user.email, "Confirm your email")
+    reset = {"email": user.email}
+    answers = [
+        await clients[0].post("/v1/auth/password-reset", json=reset),
+        await clients[1].post("/v1/me/verification", headers=user.headers),
+        await clients[0].post("/v1/auth/password-reset", json=reset),
+        await clients[1].post("/v1/auth/password-reset", json=reset),
+        await clients[0].post("/v1/me/verification", headers=user.headers),
+    ]
+    assert [a.status_code for a in answers[:3]] == [202, 202, 202]
+    for answer in answers[3:]:
+        _assert_429(answer)
+    await mailbox.wait_for(user.email, "Reset your BitBuddies password", count=2)
+    await asyncio.sleep(0.5)  # mail goes in the background: nothing more arrives
+    assert len(mailbox.to(user.email)) == 1 + 3
+    # Another address has its own allowance.
+    other = await clients[1].post("/v1/auth/password-reset", json={"email": "x@example.com"})
+    assert other.status_code == 202
 
 
 async def test_failed_logins_slow_down_then_a_success_resets(

@@ -202,3 +202,13 @@ async def test_served_over_https_the_cookie_is_secure(
         )
     assert response.status_code == 200, response.text
     assert "secure" in _set_cookie(response).lower()
+
+
+async def test_log_out_with_a_bearer_token_ends_that_token_only(http: httpx.AsyncClient) -> None:
+    user = await signup(http)
+    other = await http.post("/v1/auth/login", json={"email": user.email, "password": PASSWORD})
+    kept = {"Authorization": f"Bearer {other.json()['token']}"}
+    assert (await http.delete("/v1/auth/session", headers=user.headers)).status_code == 204
+    ended = await http.get("/v1/me", headers=user.headers)
+    assert ended.status_code == 401 and ended.json()["error"]["code"] == "unauthorized"
+    assert (await http.get("/v1/me", headers=kept)).status_code == 200
