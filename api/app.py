@@ -40,7 +40,8 @@ Turn a photo and a prompt into an animated, transparent cartoon character.
 2. `POST /v1/generations` (multipart `photo` + `prompt`, optional `Idempotency-Key`) spends
    one token and answers 202 with an `events_url`.
 3. Follow `events_url` (Server-Sent Events): `progress` events, then exactly one
-   `completed` or `failed`. Reconnect with `Last-Event-ID` to resume.
+   `completed`, `failed` or `cancelled`. Reconnect with `Last-Event-ID` to resume.
+   `POST /v1/generations/{id}/cancel` stops it (refunded).
 4. `GET /v1/characters/{id}` gives signed URLs of the WebM, WebP and PNG.
 
 Any failure after the charge refunds the token automatically.

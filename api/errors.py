@@ -33,6 +33,7 @@ STATUS_OF: dict[type[DomainError], tuple[int, str]] = {
     errors.NotAllowed: (403, "forbidden"),
     errors.NotFound: (404, "not_found"),
     errors.EmailTaken: (409, "conflict"),
+    errors.AlreadyEnded: (409, "already_ended"),
     errors.PhotoTooLarge: (413, "payload_too_large"),
     errors.PhotoUnsupported: (415, "unsupported_media_type"),
     errors.InvalidInput: (422, "invalid_request"),

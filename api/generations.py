@@ -79,13 +79,7 @@ async def create_generation(
     return _created(settings, generation)
 
 
-@router.get(
-    "/{generation_id}",
-    response_model=GenerationPublic,
-    responses=documented(401, 404, 422),
-)
-async def get_generation(generation_id: UUID, user: CurrentUser, conn: ConnDep) -> GenerationPublic:
-    generation = await owned_generation(conn, generation_id, user.id)
+def _public(generation: records.Generation) -> GenerationPublic:
     return GenerationPublic(
         id=generation.id,
         status=generation.status,
@@ -93,6 +87,38 @@ async def get_generation(generation_id: UUID, user: CurrentUser, conn: ConnDep) 
         error=generation.error,
         character_id=generation.character_id,
     )
+
+
+@router.get(
+    "/{generation_id}",
+    response_model=GenerationPublic,
+    responses=documented(401, 404, 422),
+)
+async def get_generation(generation_id: UUID, user: CurrentUser, conn: ConnDep) -> GenerationPublic:
+    return _public(await owned_generation(conn, generation_id, user.id))
+
+
+@router.post(
+    "/{generation_id}/cancel",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=GenerationPublic,
+    responses=documented(
+        401,
+        403,
+        404,
+        409,
+        422,
+        503,
+        s409="It has already ended (already_ended)",
+        s503="Temporal could not be asked; nothing changed, retry",
+    ),
+)
+async def cancel_generation(
+    generation_id: UUID, user: CurrentUser, generations: GenerationsDep
+) -> GenerationPublic:
+    """Stop it: it ends at its next safe point with a ``cancelled`` event and its token
+    refunded; the provider's job is cancelled too. Follow its events for the end."""
+    return _public(await generations.cancel(user.id, generation_id))
 
 
 @router.get(

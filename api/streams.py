@@ -268,7 +268,9 @@ def _from_record(generation: records.Generation) -> progress.ProgressEvent | Non
         data["character_id"] = str(generation.character_id)
         return progress.ProgressEvent(id=0, event="completed", data=data)
     data.update(error_code=generation.error_code, status=generation.status)
-    return progress.ProgressEvent(id=0, event="failed", data=data)
+    return progress.ProgressEvent(
+        id=0, event="cancelled" if generation.status == "cancelled" else "failed", data=data
+    )
 
 
 @router.get(

@@ -26,7 +26,7 @@ from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 
 CHANNEL_PREFIX = "bench:bare:"
-TERMINAL = frozenset({"completed", "failed"})
+TERMINAL = frozenset({"completed", "failed", "cancelled"})
 
 # (event name, data as sent, terminal)
 Message = tuple[str, str, bool]

@@ -145,7 +145,7 @@ async def record_ending(
         return await progress.append(
             conn,
             str(generation_id),
-            event="failed",
+            event=ending.status,
             dedupe="terminal",
             step=ending.step,
             message=message,

@@ -33,8 +33,9 @@ from redis.asyncio import Redis
 
 from infra.database.records import Conn
 
-EventType = Literal["progress", "completed", "failed"]
-TERMINAL: frozenset[str] = frozenset({"completed", "failed"})
+# A generation's log: progress events, then one terminal event (its status).
+EventType = Literal["progress", "completed", "failed", "cancelled"]
+TERMINAL: frozenset[str] = frozenset({"completed", "failed", "cancelled"})
 CHANNEL_PREFIX = "bitbuddies:progress:"
 CHANNEL_PATTERN = CHANNEL_PREFIX + "*"
 ANNOUNCE_TIMEOUT_SECONDS = 2.0  # a hung Redis must not hold up the step that reports

@@ -1,6 +1,7 @@
 """Starting a generation's workflow: from the API (a new generation, a retried request)
-and from housekeeping (a generation charged but left queued when the API died). Client
-side only: the workflow itself never imports this module.
+and from housekeeping (a generation charged but left queued when the API died); and
+cancelling it, for its owner. Client side only: the workflow itself never imports this
+module.
 
 Starting is safe to repeat: the workflow id is the generation id, and a finished run is
 never started again. If Temporal refuses, the generation is settled (refunded, recorded,
@@ -105,3 +106,39 @@ async def _undo_charge(conn: Conn, generation: records.Generation, why: str) -> 
         settled_by="start",
         reason=why,
     )
+
+
+class CancelUnavailable(Exception):
+    """Temporal could not be asked to cancel the workflow; nothing changed."""
+
+
+# Temporal's answers when there is no run to cancel: never started, or already closed.
+_NO_RUN = frozenset({RPCStatusCode.NOT_FOUND, RPCStatusCode.FAILED_PRECONDITION})
+
+
+async def cancel(conn: Conn, client: Client, generation: records.Generation) -> bool:
+    """Stop a generation that has not ended. Its workflow is asked to cancel: at its next
+    safe point its own cleanup (which runs to the end even then) stops the provider job,
+    gives the permit back, refunds and writes the terminal ``cancelled`` event. True
+    then. With no workflow running (never started, or gone), it is settled here as
+    cancelled, refunded if charged: False. CancelUnavailable when Temporal cannot say."""
+    try:
+        await client.get_workflow_handle(str(generation.id)).cancel()
+    except RPCError as err:
+        if err.status not in _NO_RUN:
+            raise CancelUnavailable(err.status.name) from err
+    else:
+        return True
+    await settlement.settle(
+        conn,
+        generation.id,
+        settlement.Ending(
+            status="cancelled",
+            step=generation.step or "queued",
+            error_code="cancelled",
+            message=contract.CANCELLED,
+        ),
+        settled_by="cancel",
+        reason="cancelled by its owner; no workflow was running",
+    )
+    return False

@@ -34,7 +34,7 @@ from typing import Any
 import psycopg
 from psycopg_pool import AsyncConnectionPool
 from temporalio.client import Client
-from temporalio.service import RPCError, RPCStatusCode
+from temporalio.service import RPCError
 
 from api.services.errors import Busy, WrongPassword
 from api.services.passwords import Passwords
@@ -42,7 +42,7 @@ from billing import ledger, settlement
 from infra.database import records
 from infra.settings import Settings
 from infra.storage import Storage, keys
-from workflows import contract
+from workflows import contract, lifecycle
 
 log = logging.getLogger("bitbuddies.accounts")
 
@@ -51,8 +51,6 @@ POLL_SECONDS = 0.2
 # transaction collide with ours (a deadlock, or a row that appeared between statements);
 # the deletion then runs again, from a fresh look at the account.
 ERASE_ATTEMPTS = 3
-# Temporal answers these when there is no run to cancel (never started, already closed).
-_NOTHING_TO_CANCEL = {RPCStatusCode.NOT_FOUND, RPCStatusCode.FAILED_PRECONDITION}
 _DELETED = settlement.Ending(
     status="cancelled", step="queued", error_code="cancelled", message=contract.CANCELLED
 )
@@ -79,7 +77,7 @@ class AccountDeletion:
         context = {"user_id": user.id}
         async with self.pool.connection() as conn:
             running = await records.open_generations(conn, user.id)
-        cancelled = [g.id for g in running if await self._cancel(g.id)]
+        cancelled = [g.id for g in running if await self._cancel(g)]
         await self._wait_settled(user.id, set(cancelled))
         erased = await self._erase(user.id)
         await self._delete_files(erased)
@@ -90,25 +88,24 @@ class AccountDeletion:
             extra=context,
         )
 
-    async def _cancel(self, generation_id: uuid.UUID) -> bool:
-        """Ask for the generation's workflow to be cancelled; False when it has none
-        running. Busy when Temporal cannot be asked: nothing is deleted then."""
+    async def _cancel(self, generation: records.Generation) -> bool:
+        """Stop the generation (workflows/lifecycle.py ``cancel``); False when it had no
+        workflow running and was settled here. Busy when Temporal cannot be asked:
+        nothing is deleted then."""
         try:
-            await self.temporal.get_workflow_handle(str(generation_id)).cancel()
-        except RPCError as err:
-            if err.status in _NOTHING_TO_CANCEL:
-                return False
+            async with self.pool.connection() as conn:
+                return await lifecycle.cancel(conn, self.temporal, generation)
+        except lifecycle.CancelUnavailable as err:
             log.warning(
                 "could not cancel a generation of an account being deleted: %s",
-                err.status.name,
-                extra={"generation_id": generation_id},
+                err,
+                extra={"generation_id": generation.id},
             )
             raise Busy(
                 "We could not stop your running BitBuddies; nothing was deleted. Try again"
                 " in a minute.",
                 retry_after=30,
             ) from err
-        return True
 
     async def _wait_settled(self, user_id: uuid.UUID, waiting: set[uuid.UUID]) -> None:
         """Until none of ``waiting`` is open any more, or the wait is over."""

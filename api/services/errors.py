@@ -74,6 +74,10 @@ class NotFound(DomainError):
     """No such thing, or not the caller's (the two look the same)."""
 
 
+class AlreadyEnded(DomainError):
+    """The generation has ended (completed, failed or cancelled): nothing to cancel."""
+
+
 class InvalidToken(DomainError):
     """An email link's token (verification, password reset) is unknown, expired or was
     used already (the three look the same)."""

@@ -22,7 +22,15 @@ from psycopg_pool import AsyncConnectionPool
 from temporalio.client import Client
 
 from api.services import text
-from api.services.errors import CouldNotStart, InvalidInput, KeyReused, NotFound, NoTokens
+from api.services.errors import (
+    AlreadyEnded,
+    Busy,
+    CouldNotStart,
+    InvalidInput,
+    KeyReused,
+    NotFound,
+    NoTokens,
+)
 from api.services.photos import Upload, read_photo
 from billing import ledger
 from infra.database import records
@@ -160,6 +168,27 @@ class GenerationService:
             raise CouldNotStart(
                 contract.settled_message(contract.START_FAILED, refunded=True)
             ) from err
+
+    async def cancel(self, user_id: UUID, generation_id: UUID) -> records.Generation:
+        """Stop the caller's generation (workflows/lifecycle.py ``cancel``): it ends as
+        cancelled, its token refunded. AlreadyEnded when it has ended."""
+        async with self.pool.connection() as conn:
+            generation = await owned_generation(conn, generation_id, user_id)
+            if generation.status in contract.TERMINAL_STATUSES:
+                raise AlreadyEnded(f"This BitBuddy has already ended ({generation.status}).")
+            try:
+                asked = await lifecycle.cancel(conn, self.temporal, generation)
+            except lifecycle.CancelUnavailable as err:
+                raise Busy("We could not stop it just now; try again.", retry_after=5) from err
+            log.info(
+                "generation cancelled by its owner%s",
+                "" if asked else " (no workflow was running: settled here)",
+                extra={"generation_id": generation_id, "user_id": user_id},
+            )
+            found = await records.generation(conn, generation_id)
+        if found is None:  # its account was deleted meanwhile
+            raise NotFound("No such generation.")
+        return found
 
 
 async def owned_generation(conn: Conn, generation_id: UUID, user_id: UUID) -> records.Generation:

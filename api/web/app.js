@@ -223,6 +223,17 @@ function progressView(id) {
   const steps = $("#steps");
   const pictures = $("#pictures");
   const outcome = $("#outcome");
+  const cancel = $("#cancel");
+  cancel.addEventListener("click", async () => {
+    cancel.disabled = true;
+    try {
+      await api("POST", `/v1/generations/${id}/cancel`);
+      status.textContent = "Cancelling…";
+    } catch (error) {
+      if (error.status !== 409) cancel.disabled = false; // 409: it has ended already
+      status.textContent = error.message;
+    }
+  });
   let lastId = 0;
   let source = null;
   let current = null;
@@ -261,6 +272,7 @@ function progressView(id) {
     }
     // A terminal event: the stream is over; stop the browser from reconnecting.
     source.close();
+    cancel.hidden = true;
     if (current) current.classList.remove("current");
     steps.append(item);
     view.dataset.outcome = event.type;
@@ -275,6 +287,11 @@ function progressView(id) {
           el("p", {}, el("a", { href: `/characters/${data.character_id}`, text: "Open your BitBuddy" }), " · ", el("a", { href: "/gallery", text: "Gallery" })),
         ),
       );
+    } else if (event.type === "cancelled") {
+      status.textContent = data.message;
+      outcome.replaceChildren(
+        el("div", { class: "card stack", role: "alert" }, el("p", { text: data.message }), el("p", {}, el("a", { href: "/", text: "Make another" }))),
+      );
     } else {
       status.textContent = "This BitBuddy could not be made.";
       outcome.replaceChildren(
@@ -288,7 +305,7 @@ function progressView(id) {
     // The browser resumes by itself with Last-Event-ID after a dropped stream; when it
     // gives up (an error answer), we reconnect with ?after= and the same rule holds.
     source = new EventSource(`/v1/generations/${id}/events${lastId ? `?after=${lastId}` : ""}`);
-    for (const type of ["progress", "completed", "failed"]) source.addEventListener(type, onEvent);
+    for (const type of ["progress", "completed", "failed", "cancelled"]) source.addEventListener(type, onEvent);
     source.addEventListener("open", () => (view.dataset.connected = "true"));
     source.addEventListener("error", () => {
       view.dataset.connected = "false";

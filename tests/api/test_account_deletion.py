@@ -90,7 +90,14 @@ async def test_deleting_an_account_cancels_refunds_and_erases_everything(
         assert "max-age=0" in cookie.lower()  # the browser forgets its session
 
     # The running generation's workflow was cancelled, and its own cleanup refunded it.
+    # (It settles before it closes: the deletion waits for the settle, not the close.)
     temporal = await Client.connect(stack.cfg.temporal_address)
+
+    async def closed() -> bool:
+        described = await temporal.get_workflow_handle(running).describe()
+        return described.status != WorkflowExecutionStatus.RUNNING
+
+    await wait_until(closed, timeout=30)
     described = await temporal.get_workflow_handle(running).describe()
     assert described.status == WorkflowExecutionStatus.CANCELED
     # The ledger keeps every entry, and a refund, with nothing that names the account.

@@ -142,7 +142,7 @@ async def test_a_cancelled_generation_stops_the_job_refunds_and_frees_its_permit
     await temporal.get_workflow_handle(generation_id).cancel()
 
     events = await asyncio.wait_for(user.events(generation_id), 60)
-    assert events[-1].event == "failed"
+    assert events[-1].event == "cancelled"
     assert events[-1].data["status"] == "cancelled" and events[-1].data["refunded"] is True
     assert (await user.generation(generation_id))["status"] == "cancelled"
     assert await user.balance() == 3

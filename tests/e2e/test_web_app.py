@@ -325,3 +325,28 @@ async def test_the_emailed_links_verify_the_address_and_reset_a_forgotten_passwo
         await page.get_by_label("Password", exact=True).fill("a brand new passphrase")
         await page.get_by_role("button", name="Log in").click()
         await expect(page.get_by_role("heading", name="Make a BitBuddy")).to_be_visible()
+
+
+async def test_the_cancel_button_stops_the_generation_and_gives_the_token_back(
+    stack: Stack, browser: Browser, models: httpx.AsyncClient
+) -> None:
+    body = {"app": STEP_APPS[contract.ANIMATE.name], "kind": "delay", "times": 1, "seconds": 30}
+    (await models.post("/_local/faults", json=body)).raise_for_status()
+    async with visit(browser, stack.cfg.api_url) as visitor:
+        page = visitor.page
+        await _sign_up(page)
+        await _choose_photo(page, photo("astronaut.png"), "a sleepy cat person")
+        await page.get_by_role("button", name="Generate").click()
+        await expect(page.locator(f"#steps li[data-step={contract.ANIMATE.name}]")).to_have_count(
+            1, timeout=RUN_TIMEOUT_MS
+        )
+        await page.get_by_role("button", name="Cancel").click()
+        await expect(page.locator("#view")).to_have_attribute(
+            "data-outcome", "cancelled", timeout=60_000
+        )
+        await expect(page.locator("#outcome [role=alert]")).to_have_text(
+            re.compile(f"^{re.escape(contract.CANCELLED)} {re.escape(contract.REFUNDED)}")
+        )
+        await expect(page.get_by_role("button", name="Cancel")).to_be_hidden()
+        await expect(page.locator("#balance")).to_have_text("Balance: 3 tokens")
+        await screenshot(page, "cancelled")

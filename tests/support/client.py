@@ -15,7 +15,7 @@ from typing import Any
 
 import httpx
 
-TERMINAL_EVENTS = frozenset({"completed", "failed"})
+TERMINAL_EVENTS = frozenset({"completed", "failed", "cancelled"})
 
 
 @dataclass
