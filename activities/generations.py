@@ -5,17 +5,16 @@ it writes nothing and succeeds (its new assets are deleted), so the workflow end
 
 from __future__ import annotations
 
-import asyncio
 from datetime import UTC, datetime
 from uuid import UUID
 
 from temporalio import activity
+from temporalio.service import RPCError
 
 from activities.media import transcode_character
 from activities.runtime import Runtime
 from billing import settlement
-from infra import progress
-from infra.alerts import alert_owner
+from infra import alerts, progress
 from infra.database import records
 from infra.storage import keys
 from workflows import contract
@@ -127,4 +126,22 @@ class GenerationActivities:
 
     @activity.defn(name=contract.SEND_ALERT)
     async def send_alert(self, alert: AlertInput) -> None:
-        await asyncio.to_thread(alert_owner, self.rt.settings, alert)
+        """Record the owner's alert (deduplicated: infra/alerts.py) and deliver it. A
+        delivery that fails raises, so Temporal retries it; the workflow sends this only
+        once the generation is settled, so it never holds up a refund."""
+        info = activity.info()
+        try:
+            error_class = await alerts.ending_error_class(
+                activity.client(), alert.workflow_id, alert.run_id
+            )
+        except RPCError:  # the alert goes out all the same, its error class unknown
+            activity.logger.warning("could not read the workflow's history", exc_info=True)
+            error_class = None
+        source = f"activity:{info.workflow_id}:{info.workflow_run_id}:{info.activity_id}"
+        await alerts.raise_alert(
+            self.rt.db,
+            self.rt.settings,
+            alerts.from_workflow(
+                self.rt.settings, alert, source_key=source, error_class=error_class
+            ),
+        )

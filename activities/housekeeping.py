@@ -10,7 +10,10 @@ Two ways a charged token could otherwise be stranded:
   out): the sweep refunds the token, records the failure with its terminal event,
   asks the provider to stop its recorded jobs (nobody will fetch their results), frees
   their permits once every job is known to be over (a job the provider could not be
-  asked about keeps its permit until a later sweep can), and alerts the owner.
+  asked about keeps its permit until a later sweep can), and alerts the owner: a
+  ``stuck_generation`` alert, or a ``refund_failed`` one (an emergency) when the workflow
+  ran its cleanup and still ended with the generation open, which means its refund
+  failed after every retry (a refund the sweep itself cannot make alerts so too).
 
 Only generations that have not moved for ``stale_queued_seconds`` are looked at, so a
 workflow that is merely slow is never touched (its Temporal status says RUNNING).
@@ -41,13 +44,12 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from activities.runtime import Runtime
 from billing import settlement
-from infra import progress
-from infra.alerts import alert_owner
+from infra import alerts, progress
 from infra.database import permits, records
 from infra.falclient import cancel_job
 from infra.storage import keys
 from workflows import contract
-from workflows.contract import INTERNAL_FAILURE, SweepReport, failure_alert
+from workflows.contract import INTERNAL_FAILURE, DigestReport, SweepReport
 from workflows.lifecycle import StartFailed, start_or_refund
 
 log = logging.getLogger("bitbuddies.housekeeping")
@@ -63,6 +65,13 @@ STOP_JOB_SECONDS = 5.0
 UNSETTLED_ENDINGS = {
     WorkflowExecutionStatus.WORKFLOW_EXECUTION_STATUS_TERMINATED,
     WorkflowExecutionStatus.WORKFLOW_EXECUTION_STATUS_TIMED_OUT,
+    WorkflowExecutionStatus.WORKFLOW_EXECUTION_STATUS_FAILED,
+    WorkflowExecutionStatus.WORKFLOW_EXECUTION_STATUS_CANCELED,
+}
+# Of those, the endings of a workflow that ran its own cleanup (it settles on every
+# failure and cancellation, then ends so): the generation still open means that settle,
+# the refund, failed after all its retries.
+CLEANUP_FAILED_ENDINGS = {
     WorkflowExecutionStatus.WORKFLOW_EXECUTION_STATUS_FAILED,
     WorkflowExecutionStatus.WORKFLOW_EXECUTION_STATUS_CANCELED,
 }
@@ -171,22 +180,39 @@ class Sweeper:
                 with contextlib.suppress(StartFailed):
                     await start_or_refund(conn, self.temporal, self.settings, generation)
             else:
-                await self._abandon(conn, generation, "its workflow no longer exists", None)
+                await self._abandon(
+                    conn,
+                    generation,
+                    "its workflow no longer exists",
+                    None,
+                    "stuck_generation",
+                    "GONE",
+                )
             return
         ending = described.raw_description.workflow_execution_info.status
         if ending in UNSETTLED_ENDINGS:
             name = WorkflowExecutionStatus.Name(ending).removeprefix("WORKFLOW_EXECUTION_STATUS_")
-            await self._abandon(
-                conn, generation, f"its workflow ended {name} before settling", described.run_id
-            )
+            if ending in CLEANUP_FAILED_ENDINGS:
+                why = f"its workflow ended {name}: its own refund failed after its retries"
+                kind = "refund_failed"
+            else:
+                why, kind = f"its workflow ended {name} before settling", "stuck_generation"
+            await self._abandon(conn, generation, why, described.run_id, kind, name)
         elif ending == WorkflowExecutionStatus.WORKFLOW_EXECUTION_STATUS_COMPLETED:
             log.error("workflow completed but its generation is still open", extra=context)
 
     async def _abandon(
-        self, conn: Any, generation: records.Generation, why: str, run_id: str | None
+        self,
+        conn: Any,
+        generation: records.Generation,
+        why: str,
+        run_id: str | None,
+        kind: str,
+        ending: str,
     ) -> None:
         """Settle it (billing/settlement.py) and announce that, then stop its provider
-        jobs and free their permits, then tell the owner."""
+        jobs and free their permits, then tell the owner (``kind``: infra/alerts.py;
+        ``ending``: how its workflow ended, what the alerts' dedupe groups by)."""
         step = generation.step or "queued"
         try:
             settled = await settlement.settle(
@@ -200,6 +226,18 @@ class Sweeper:
             )
         except settlement.Gone:
             return  # its account was deleted since this sweep read it
+        except Exception as err:  # the next sweep tries again; the owner hears of it now
+            await self._alert(
+                generation,
+                "refund_failed",
+                source=f"sweep-refund:{generation.id}",
+                title=f"Refund FAILED at {step}",
+                error_class=type(err).__name__,
+                error=f"the sweep could not settle it ({why}): {err}",
+                refunded=False,
+                run_id=run_id,
+            )
+            raise
         await progress.announce(self.redis, str(generation.id), settled.event)
         stopped, freed = await self._free_permits(conn, generation.id)
         context = {"generation_id": generation.id, "user_id": generation.user_id}
@@ -210,16 +248,54 @@ class Sweeper:
             stopped,
             extra=context,
         )
-        alert = failure_alert(
-            what="abandoned",
-            step=step,
-            detail=f"{why}\nprovider jobs stopped: {stopped}",
+        await self._alert(
+            generation,
+            kind,
+            source=f"sweep:{generation.id}",
+            title=f"Refund FAILED at {step}"
+            if kind == "refund_failed"
+            else f"BitBuddy stuck at {step}",
+            error_class=f"workflow {ending}",
+            error=f"{why}; settled by the sweep; provider jobs stopped: {stopped}",
             refunded=settled.refunded,
-            workflow_id=str(generation.id),
             run_id=run_id,
-            user_id=str(generation.user_id),
         )
-        await asyncio.to_thread(alert_owner, self.settings, alert)
+
+    async def _alert(
+        self,
+        generation: records.Generation,
+        kind: str,
+        *,
+        source: str,
+        title: str,
+        error_class: str,
+        error: str,
+        refunded: bool,
+        run_id: str | None,
+    ) -> None:
+        """Record and deliver an owner alert. One that cannot be delivered now stays
+        recorded, and the alert digest delivers it: never a reason to stop the sweep."""
+        alert = alerts.generation_alert(
+            self.settings,
+            kind,
+            source_key=source,
+            title=title,
+            user_id=str(generation.user_id),
+            generation_id=str(generation.id),
+            step=generation.step or "queued",
+            error_class=error_class,
+            error=error,
+            refunded=refunded,
+            run_id=run_id,
+        )
+        try:
+            await alerts.raise_alert(self.db, self.settings, alert)
+        except Exception:
+            log.warning(
+                "could not deliver the owner's alert; the digest will",
+                exc_info=True,
+                extra={"generation_id": generation.id},
+            )
 
     async def _free_permits(self, conn: Any, generation_id: UUID) -> tuple[int, int]:
         """Stop the jobs that still hold an ended generation's provider permits, freeing
@@ -273,6 +349,14 @@ class Sweeper:
 class HousekeepingActivities:
     def __init__(self, runtime: Runtime) -> None:
         self.rt = runtime
+
+    @activity.defn(name=contract.SEND_ALERT_DIGEST)
+    async def send_alert_digest(self) -> DigestReport:
+        """The owner alerts' digest (infra/alerts.py), run by its own schedule."""
+        report = await alerts.send_digests(self.rt.db, self.rt.settings)
+        if report.digests_sent or report.redelivered:
+            activity.logger.info("alert digest: %s", report)
+        return report
 
     @activity.defn(name=contract.SWEEP)
     async def sweep(self) -> SweepReport:

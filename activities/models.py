@@ -37,7 +37,7 @@ from activities.model_errors import (
 from activities.permits import get_globally_cached_semaphore
 from activities.providers import Adapter, adapter_for
 from activities.runtime import Runtime
-from infra import progress
+from infra import alerts, progress
 from infra.database import permits, records
 from infra.falclient import cancel_job, is_refusal, read_result
 from infra.storage import CHUNK_SIZE, keys
@@ -136,6 +136,8 @@ class ModelActivities:
         except fal_client.client.FalClientHTTPError as err:
             if is_refusal(err):
                 await semaphore.release(self.rt.db, step.idempotency_key)
+                if problem := provider_account_problem(err):
+                    await self._alert_provider_outage(step, app, problem, err)
                 raise ApplicationError(
                     f"{app} rejected the request: {err}",
                     type=MODEL_REQUEST_REJECTED,
@@ -158,6 +160,29 @@ class ModelActivities:
         )
         job.request_id = handle.request_id
         return job
+
+    async def _alert_provider_outage(
+        self, step: ModelStepInput, app: str, problem: str, err: Exception
+    ) -> None:
+        """Tell the owner the provider refuses our account (deduplicated: one alert per
+        outage, then a digest). Best effort: the generation's own failure alert follows,
+        and an alert recorded but not delivered is delivered by the alert digest."""
+        alert = alerts.generation_alert(
+            self.rt.settings,
+            "provider_outage",
+            source_key=f"provider:{step.idempotency_key}",
+            title=f"Model provider refuses our account: {problem}",
+            user_id=step.user_id,
+            generation_id=step.generation_id,
+            step=step.step,
+            error_class=problem,
+            error=f"{app} submit answered 403: {err}",
+            refunded=None,
+        )
+        try:
+            await alerts.raise_alert(self.rt.db, self.rt.settings, alert)
+        except Exception:
+            activity.logger.warning("could not deliver the provider outage alert", exc_info=True)
 
     @activity.defn(name=contract.POLL_MODEL_JOB)
     async def poll_model_job(self, job: ModelJob) -> None:
@@ -347,6 +372,29 @@ class ModelActivities:
         if request_id:
             await cancel_job(self.rt.fal, app, request_id)
         await self._semaphore(app).release(self.rt.db, release.idempotency_key)
+
+
+# fal refuses every request of an account it will not serve with HTTP 403 and a detail
+# naming why, e.g. "User is locked. Reason: Exhausted balance. Top up your balance at
+# fal.ai/dashboard/billing.": the account is locked, or its balance ran out. Until the
+# owner acts, every generation fails so: a provider outage, not the user's doing. The
+# patterns, lower case, first match wins (a locked account that ran out says both).
+ACCOUNT_PROBLEMS: tuple[tuple[str, str], ...] = (
+    ("exhausted balance", "balance_exhausted"),
+    ("insufficient balance", "balance_exhausted"),
+    ("out of balance", "balance_exhausted"),
+    ("user is locked", "account_locked"),
+    ("account is locked", "account_locked"),
+)
+
+
+def provider_account_problem(err: fal_client.client.FalClientHTTPError) -> str | None:
+    """``account_locked`` or ``balance_exhausted`` when the provider refused the request
+    because of our account (403 and one of ACCOUNT_PROBLEMS in its detail), else None."""
+    if err.status_code != 403:
+        return None
+    detail = str(err).lower()
+    return next((problem for pattern, problem in ACCOUNT_PROBLEMS if pattern in detail), None)
 
 
 def _unavailable(app: str, call: str, err: Exception) -> ApplicationError:

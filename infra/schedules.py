@@ -43,14 +43,47 @@ def housekeeping(settings: Settings) -> Schedule:
     )
 
 
+def alert_digest(settings: Settings) -> Schedule:
+    """The owner alerts' digest (infra/alerts.py): one message per group of suppressed
+    alerts, every ``alert_digest_interval_seconds``."""
+    return Schedule(
+        action=ScheduleActionStartWorkflow(
+            contract.ALERT_DIGEST_WORKFLOW,
+            id=contract.ALERT_DIGEST_SCHEDULE,  # Temporal appends each run's time
+            task_queue=settings.housekeeping_task_queue,
+            execution_timeout=timedelta(minutes=15),
+        ),
+        spec=ScheduleSpec(
+            intervals=[
+                ScheduleIntervalSpec(
+                    every=timedelta(seconds=settings.alert_digest_interval_seconds)
+                )
+            ]
+        ),
+        policy=SchedulePolicy(overlap=ScheduleOverlapPolicy.SKIP),
+    )
+
+
+def schedules(settings: Settings) -> dict[str, Schedule]:
+    """Every schedule, by id."""
+    return {
+        contract.HOUSEKEEPING_SCHEDULE: housekeeping(settings),
+        contract.ALERT_DIGEST_SCHEDULE: alert_digest(settings),
+    }
+
+
 async def ensure_schedules(client: Client, settings: Settings) -> None:
-    schedule = housekeeping(settings)
+    for schedule_id, schedule in schedules(settings).items():
+        await _ensure(client, schedule_id, schedule)
+
+
+async def _ensure(client: Client, schedule_id: str, schedule: Schedule) -> None:
     try:
-        await client.create_schedule(contract.HOUSEKEEPING_SCHEDULE, schedule)
-        log.info("created schedule %s", contract.HOUSEKEEPING_SCHEDULE)
+        await client.create_schedule(schedule_id, schedule)
+        log.info("created schedule %s", schedule_id)
     except ScheduleAlreadyRunningError:
 
         def updated(_: ScheduleUpdateInput) -> ScheduleUpdate:
             return ScheduleUpdate(schedule=schedule)
 
-        await client.get_schedule_handle(contract.HOUSEKEEPING_SCHEDULE).update(updated)
+        await client.get_schedule_handle(schedule_id).update(updated)

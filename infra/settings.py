@@ -125,6 +125,15 @@ class Settings(BaseSettings):
     pushover_token: SecretStr | None = Field(None, validation_alias="PUSHOVER_TOKEN")
     pushover_user: SecretStr | None = Field(None, validation_alias="PUSHOVER_USER")
     pushover_api_url: str = "https://api.pushover.net/1/"
+    # Alerts of one kind, step and error class within this window are one alert: the first
+    # is sent, the rest are recorded as suppressed and counted in a digest, which runs
+    # this often (a Temporal Schedule; infra/alerts.py).
+    alert_dedupe_seconds: float = Field(300.0, gt=0)
+    alert_digest_interval_seconds: float = Field(300.0, gt=0)
+    # An emergency alert (a refund that failed) repeats this often until acknowledged on
+    # the phone, for this long at most (Pushover's retry, at least 30 s, and expire).
+    alert_emergency_retry_seconds: int = Field(60, ge=30)
+    alert_emergency_expire_seconds: int = Field(3600, gt=0, le=10800)
 
     # Rate limits, kept in Redis so they hold across API processes. "off" switches them
     # all off (load tests). A limit of 0 switches that one off.

@@ -11,7 +11,8 @@ to run several pools in one process.
                   settle, alert
     media         transcode (ffmpeg), one encode per core by default
     housekeeping  the Housekeeping workflow its Temporal Schedule starts, and its sweep;
-                  this pool's worker brings the schedules up to date when it starts
+                  the AlertDigest workflow (its own schedule) and its digest; this
+                  pool's worker brings the schedules up to date when it starts
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from infra.logging import configure_logging
 from infra.schedules import ensure_schedules
 from infra.settings import Settings, get_settings
 from infra.temporal import connect
+from workflows.alerts import AlertDigestWorkflow
 from workflows.bitbuddy import BitBuddyWorkflow
 from workflows.housekeeping import HousekeepingWorkflow
 
@@ -73,7 +75,8 @@ def _media_activities(runtime: Runtime) -> list[Callable[..., Any]]:
 def _housekeeping_activities(runtime: Runtime) -> list[Callable[..., Any]]:
     from activities.housekeeping import HousekeepingActivities
 
-    return [HousekeepingActivities(runtime).sweep]
+    housekeeping = HousekeepingActivities(runtime)
+    return [housekeeping.sweep, housekeeping.send_alert_digest]
 
 
 @dataclass(frozen=True)
@@ -106,7 +109,7 @@ POOLS: dict[str, Pool] = {
         Pool(
             "housekeeping",
             task_queue=lambda s: s.housekeeping_task_queue,
-            workflows=[HousekeepingWorkflow],
+            workflows=[HousekeepingWorkflow, AlertDigestWorkflow],
             activities=_housekeeping_activities,
             concurrency=lambda s: s.worker_housekeeping_activities,
             keeps_schedules=True,

@@ -20,8 +20,10 @@ from psycopg_pool import AsyncConnectionPool
 from billing import ledger
 from infra import supervisor
 from infra.database import open_pool
+from tests.support import pushover as pushover_stub
 from tests.support.gcs import gcs_emulator_url  # noqa: F401 (a fixture, registered here)
 from tests.support.mailbox import Mailbox
+from tests.support.pushover import Pushover
 
 TEST_ENV = {
     # Small and short, so the whole pipeline runs in seconds on two cores.
@@ -39,6 +41,8 @@ TEST_ENV = {
     "BITBUDDIES_STALE_QUEUED_SECONDS": "1800",
     # tests that look at stored inputs are not raced; tests/e2e/test_retention.py backdates
     "BITBUDDIES_FILES_RETENTION_SECONDS": "3600",
+    # the alert digest runs when a test triggers its schedule, never in the middle of one
+    "BITBUDDIES_ALERT_DIGEST_INTERVAL_SECONDS": "86400",
 }
 
 
@@ -135,8 +139,27 @@ def mailbox() -> Iterator[Mailbox]:
 
 
 @pytest.fixture(scope="session")
-def stack(tmp_path_factory: pytest.TempPathFactory, mailbox: Mailbox) -> Iterator[Stack]:
-    env = {**TEST_ENV, "BITBUDDIES_SMTP_URL": mailbox.url}
+def pushover() -> Iterator[Pushover]:
+    """The Pushover API the stack's owner alerts go to (tests/support/pushover.py)."""
+    stub = Pushover()
+    stub.start()
+    try:
+        yield stub
+    finally:
+        stub.stop()
+
+
+@pytest.fixture(scope="session")
+def stack(
+    tmp_path_factory: pytest.TempPathFactory, mailbox: Mailbox, pushover: Pushover
+) -> Iterator[Stack]:
+    env = {
+        **TEST_ENV,
+        "BITBUDDIES_SMTP_URL": mailbox.url,
+        "PUSHOVER_TOKEN": pushover_stub.TOKEN,
+        "PUSHOVER_USER": pushover_stub.USER,
+        "BITBUDDIES_PUSHOVER_API_URL": pushover.api_url,
+    }
     cfg = supervisor.StackConfig.throwaway(tmp_path_factory.mktemp("stack"), env=env)
     for key, value in {**cfg.app_env(), **env}.items():
         os.environ[key] = value  # in-process helpers read the same settings

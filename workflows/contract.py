@@ -29,6 +29,9 @@ MEDIA_TASK_QUEUE: Final = "bitbuddies-media"  # ffmpeg work, in its own worker
 HOUSEKEEPING_TASK_QUEUE: Final = "bitbuddies-housekeeping"
 HOUSEKEEPING_WORKFLOW: Final = "Housekeeping"
 HOUSEKEEPING_SCHEDULE: Final = "bitbuddies-housekeeping"  # the schedule's id
+# The owner alerts' digest (infra/alerts.py), on the housekeeping queue, by its own schedule.
+ALERT_DIGEST_WORKFLOW: Final = "AlertDigest"
+ALERT_DIGEST_SCHEDULE: Final = "bitbuddies-alert-digest"  # the schedule's id
 
 # Activity names, as registered by the workers (activities/) and called by the workflow.
 SUBMIT_MODEL_JOB: Final = "submit_model_job"
@@ -44,6 +47,7 @@ SEND_ALERT: Final = "send_alert"
 REFUND_TOKEN: Final = "refund_token"  # noqa: S105 (an activity, not a secret)
 FAIL_GENERATION: Final = "fail_generation"
 SWEEP: Final = "sweep"
+SEND_ALERT_DIGEST: Final = "send_alert_digest"
 
 # --- statuses ---------------------------------------------------------------------
 
@@ -332,6 +336,11 @@ class AlertInput:
     workflow_id: str
     run_id: str | None
     user_id: str
+    # Defaults, so alerts recorded in histories before these fields existed still decode.
+    kind: str = "generation_failed"  # a kind of infra/alerts.py's KINDS
+    step: str = ""
+    error: str = ""  # what broke (the innermost causes)
+    refunded: bool | None = None  # None: not known (histories from before this field)
 
 
 def failure_alert(
@@ -351,6 +360,10 @@ def failure_alert(
         workflow_id=workflow_id,
         run_id=run_id,
         user_id=user_id,
+        kind="stuck_generation" if what == "abandoned" else "generation_failed",
+        step=step,
+        error=detail,
+        refunded=refunded,
     )
 
 
@@ -430,6 +443,14 @@ SWEEP_OPTIONS: dict[str, Any] = {
 }
 
 
+# The alert digest: one at a time (its schedule skips a run while one goes), retried a
+# few times; whatever it still could not send, the next run sends.
+ALERT_DIGEST_OPTIONS: dict[str, Any] = {
+    "start_to_close_timeout": timedelta(minutes=5),
+    "retry_policy": RetryPolicy(maximum_attempts=3, maximum_interval=timedelta(seconds=10)),
+}
+
+
 # --- housekeeping -------------------------------------------------------------------
 
 
@@ -438,3 +459,10 @@ class SweepReport:
     looked_at: int = 0  # stale open generations
     permits_freed: int = 0
     files_discarded: int = 0  # generations whose working files were deleted
+
+
+@dataclass
+class DigestReport:
+    digests_sent: int = 0  # one per group of suppressed alerts
+    alerts_counted: int = 0  # suppressed alerts those digests counted
+    redelivered: int = 0  # alerts recorded earlier whose delivery had not happened
