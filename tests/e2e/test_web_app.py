@@ -58,6 +58,28 @@ async def _choose_photo(page: Page, data: bytes, prompt: str) -> None:
     await page.get_by_label("Prompt").fill(prompt)
 
 
+async def _generate_held_at_animate(
+    page: Page, models: httpx.AsyncClient, *, seconds: float, prompt: str
+) -> str:
+    """Sign up and start a generation whose animate job runs ``seconds``; returns its id
+    once the page shows the animate step."""
+    body = {
+        "app": STEP_APPS[contract.ANIMATE.name],
+        "kind": "delay",
+        "times": 1,
+        "seconds": seconds,
+    }
+    (await models.post("/_local/faults", json=body)).raise_for_status()
+    await _sign_up(page)
+    await _choose_photo(page, photo("astronaut.png"), prompt)
+    await page.get_by_role("button", name="Generate").click()
+    await page.wait_for_url(re.compile(r"/generations/[0-9a-f-]{36}$"))
+    await expect(page.locator(f"#steps li[data-step={contract.ANIMATE.name}]")).to_have_count(
+        1, timeout=RUN_TIMEOUT_MS
+    )
+    return page.url.rsplit("/", 1)[1]
+
+
 def _sse(body: str) -> list[tuple[int, str, dict[str, Any]]]:
     """A finished event stream's events: (id, type, data)."""
     events = []
@@ -216,17 +238,10 @@ async def test_the_progress_view_resumes_after_the_api_restarts_without_a_gap_or
     stack: Stack, browser: Browser, models: httpx.AsyncClient
 ) -> None:
     # Animate waits 6 s: the API goes down while the page is following the stream.
-    body = {"app": STEP_APPS[contract.ANIMATE.name], "kind": "delay", "times": 1, "seconds": 6}
-    (await models.post("/_local/faults", json=body)).raise_for_status()
     async with visit(browser, stack.cfg.api_url) as visitor:
         page = visitor.page
-        await _sign_up(page)
-        await _choose_photo(page, photo("astronaut.png"), "a calm gardener")
-        await page.get_by_role("button", name="Generate").click()
-        await page.wait_for_url(re.compile(r"/generations/[0-9a-f-]{36}$"))
-        generation_id = page.url.rsplit("/", 1)[1]
-        await expect(page.locator(f"#steps li[data-step={contract.ANIMATE.name}]")).to_have_count(
-            1, timeout=RUN_TIMEOUT_MS
+        generation_id = await _generate_held_at_animate(
+            page, models, seconds=6, prompt="a calm gardener"
         )
         before = await _shown_events(page)
         stack.restart_api(down_seconds=2.0)
@@ -330,16 +345,9 @@ async def test_the_emailed_links_verify_the_address_and_reset_a_forgotten_passwo
 async def test_the_cancel_button_stops_the_generation_and_gives_the_token_back(
     stack: Stack, browser: Browser, models: httpx.AsyncClient
 ) -> None:
-    body = {"app": STEP_APPS[contract.ANIMATE.name], "kind": "delay", "times": 1, "seconds": 30}
-    (await models.post("/_local/faults", json=body)).raise_for_status()
     async with visit(browser, stack.cfg.api_url) as visitor:
         page = visitor.page
-        await _sign_up(page)
-        await _choose_photo(page, photo("astronaut.png"), "a sleepy cat person")
-        await page.get_by_role("button", name="Generate").click()
-        await expect(page.locator(f"#steps li[data-step={contract.ANIMATE.name}]")).to_have_count(
-            1, timeout=RUN_TIMEOUT_MS
-        )
+        await _generate_held_at_animate(page, models, seconds=30, prompt="a sleepy cat person")
         await page.get_by_role("button", name="Cancel").click()
         await expect(page.locator("#view")).to_have_attribute(
             "data-outcome", "cancelled", timeout=60_000
