@@ -7,7 +7,10 @@ Two ways a charged token could otherwise be stranded:
   stays ``queued`` with nothing running. The sweep starts it (safe to repeat: the
   workflow id is the generation id); if Temporal refuses, the token is refunded.
 - The workflow ends without running its own cleanup (terminated by an operator, or timed
-  out): the sweep refunds the token, records the failure with its terminal event,
+  out), or is still running well past the generation's deadline (``contract.STUCK_AFTER``:
+  it cannot be running its own code, which stops at the deadline; its workflow task keeps
+  failing on a bug, or no worker serves its queue), in which case the sweep terminates
+  it first: the sweep refunds the token, records the failure with its terminal event,
   asks the provider to stop its recorded jobs (nobody will fetch their results), frees
   their permits once every job is known to be over (a job the provider could not be
   asked about keeps its permit until a later sweep can), and alerts the owner: a
@@ -33,19 +36,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import UUID
 
 from temporalio import activity
 from temporalio.api.enums.v1 import WorkflowExecutionStatus
-from temporalio.client import Client
+from temporalio.client import Client, WorkflowExecutionDescription
 from temporalio.service import RPCError, RPCStatusCode
 
 from activities.runtime import Runtime
 from billing import settlement
 from infra import alerts, progress
-from infra.database import permits, records
+from infra.database import permits, records, webhooks
 from infra.falclient import cancel_job
 from infra.storage import keys
 from workflows import contract
@@ -57,6 +60,9 @@ log = logging.getLogger("bitbuddies.housekeeping")
 SWEEP_PAGE = 100
 # A deleted account's generations are watched this long: the longest a generation runs.
 ERASED_WATCH = timedelta(days=1)
+# Provider webhook deliveries are remembered this long (repeats are refused by their
+# signed timestamp after five minutes anyway).
+WEBHOOK_MEMORY = timedelta(days=1)
 # fal-client retries an unreachable provider for about half a minute; a sweep moves on
 # sooner and asks again next time.
 STOP_JOB_SECONDS = 5.0
@@ -78,13 +84,16 @@ CLEANUP_FAILED_ENDINGS = {
 
 
 class Sweeper:
-    def __init__(self, runtime: Runtime, temporal: Client) -> None:
+    def __init__(
+        self, runtime: Runtime, temporal: Client, *, stuck_after: timedelta = contract.STUCK_AFTER
+    ) -> None:
         self.db = runtime.db
         self.storage = runtime.storage
         self.redis = runtime.redis
         self.fal = runtime.fal
         self.settings = runtime.settings
         self.temporal = temporal
+        self.stuck_after = stuck_after
         self.report = SweepReport()
 
     async def sweep_once(self) -> SweepReport:
@@ -110,6 +119,7 @@ class Sweeper:
             await self._free_permits_of_ended(conn)
             await self._discard_working_files(conn)
             await self._delete_expired_credentials(conn)
+            await webhooks.forget_deliveries(conn, WEBHOOK_MEMORY)
             await self._clean_up_after_erased(conn)
         return self.report
 
@@ -190,6 +200,9 @@ class Sweeper:
                 )
             return
         ending = described.raw_description.workflow_execution_info.status
+        if ending == WorkflowExecutionStatus.WORKFLOW_EXECUTION_STATUS_RUNNING:
+            await self._stop_if_stuck(conn, generation, described)
+            return
         if ending in UNSETTLED_ENDINGS:
             name = WorkflowExecutionStatus.Name(ending).removeprefix("WORKFLOW_EXECUTION_STATUS_")
             if ending in CLEANUP_FAILED_ENDINGS:
@@ -200,6 +213,27 @@ class Sweeper:
             await self._abandon(conn, generation, why, described.run_id, kind, name)
         elif ending == WorkflowExecutionStatus.WORKFLOW_EXECUTION_STATUS_COMPLETED:
             log.error("workflow completed but its generation is still open", extra=context)
+
+    async def _stop_if_stuck(
+        self, conn: Any, generation: records.Generation, described: WorkflowExecutionDescription
+    ) -> None:
+        """A workflow running well past the generation's deadline (contract.STUCK_AFTER)
+        cannot be running its own code, which stops at the deadline: its workflow task
+        keeps failing (a bug) or no worker serves its queue. It is terminated, then settled
+        and alerted as stuck; a slower one is left alone."""
+        running_for = datetime.now(UTC) - described.start_time
+        if running_for < self.stuck_after:
+            return
+        why = f"its workflow was still running after {running_for}, past its deadline"
+        try:
+            await self.temporal.get_workflow_handle(
+                str(generation.id), run_id=described.run_id
+            ).terminate(reason=f"stuck: {why}")
+        except RPCError as err:
+            if err.status != RPCStatusCode.NOT_FOUND:  # NOT_FOUND: it ended meanwhile
+                raise
+            return  # the next sweep sees how it ended
+        await self._abandon(conn, generation, why, described.run_id, "stuck_generation", "STUCK")
 
     async def _abandon(
         self,

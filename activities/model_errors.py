@@ -35,6 +35,9 @@ MODEL_STEP_SETTLED = "ModelStepSettled"
 # decode, an empty mask, a video without frames: activities/outputs.py). Not resubmitted:
 # a provider that returns garbage for this input is likely to again, and each try costs.
 MODEL_OUTPUT_INVALID = "ModelOutputInvalid"
+# The job ran past its step's allowance (workflows/contract.py TIMEOUTS) with no result:
+# stuck at the provider. Not resubmitted; the owner is alerted.
+MODEL_STEP_TIMED_OUT = "ModelStepTimedOut"
 
 # --- transient (the workflow resubmits) -----------------------------------------------
 
@@ -55,6 +58,7 @@ NON_RETRYABLE_MODEL_ERRORS = [
     MODEL_JOB_FAILED,
     MODEL_STEP_SETTLED,
     MODEL_OUTPUT_INVALID,
+    MODEL_STEP_TIMED_OUT,
     MODEL_JOB_LOST,
     MODEL_INPUT_UNAVAILABLE,
 ]

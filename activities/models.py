@@ -37,7 +37,7 @@ from activities.model_errors import (
 from activities.permits import get_globally_cached_semaphore
 from activities.providers import Adapter, adapter_for
 from activities.runtime import Runtime
-from infra import alerts, progress
+from infra import alerts, metrics, progress
 from infra.database import permits, records
 from infra.falclient import cancel_job, is_refusal, read_result
 from infra.storage import CHUNK_SIZE, keys
@@ -90,6 +90,7 @@ class ModelActivities:
             percent=step.percent,
             attempt=step.attempt,
             inputs=dict(step.files),
+            webhook=self.rt.settings.provider_webhooks,
         )
         # Announce the step (or its resubmission) and look for a job this step already
         # submitted (a retry), at once: both are idempotent, and a retry announcing again
@@ -132,7 +133,9 @@ class ModelActivities:
         }
         call = self.adapter.call(step.step, urls, step.params)
         try:
-            handle = await self.rt.fal.submit(call.app, call.arguments)
+            handle = await self.rt.fal.submit(
+                call.app, call.arguments, webhook_url=self._webhook_url(step)
+            )
         except fal_client.client.FalClientHTTPError as err:
             if is_refusal(err):
                 await semaphore.release(self.rt.db, step.idempotency_key)
@@ -161,6 +164,15 @@ class ModelActivities:
         job.request_id = handle.request_id
         return job
 
+    def _webhook_url(self, step: ModelStepInput) -> str | None:
+        """Where the provider reports the job's end (api/providers.py), when webhooks are
+        on. It names the generation, so the API can signal its workflow at once, even
+        before submit has recorded the job; the delivery's signature is what is trusted."""
+        if not self.rt.settings.provider_webhooks:
+            return None
+        base = self.rt.settings.public_url.rstrip("/")
+        return f"{base}{contract.PROVIDER_WEBHOOK_PATH}?generation_id={step.generation_id}"
+
     async def _alert_provider_outage(
         self, step: ModelStepInput, app: str, problem: str, err: Exception
     ) -> None:
@@ -187,55 +199,69 @@ class ModelActivities:
     @activity.defn(name=contract.POLL_MODEL_JOB)
     async def poll_model_job(self, job: ModelJob) -> None:
         """Wait for the job, heartbeating each poll and keeping the permit's lease alive."""
-        semaphore = self._semaphore(job.app)
         last_state = ""
         interval = POLL_FIRST_INTERVAL_SECONDS
-        while True:
-            try:
-                status = await self.rt.fal.status(job.app, job.request_id)
-            except fal_client.client.FalClientHTTPError as err:
-                if err.status_code == 404:
-                    raise _lost(job, err) from err
-                if is_refusal(err):
-                    raise
-                raise _unavailable(job.app, "status", err) from err
-            except httpx.TransportError as err:
-                raise _unavailable(job.app, "status", err) from err
-            if isinstance(status, fal_client.Completed):
-                if status.error:
-                    # The same request id would answer the same error: never retried
-                    # here, whatever its type; the workflow decides on resubmitting.
-                    raise ApplicationError(
-                        f"{job.app} job {job.request_id} failed: {status.error}",
-                        status.error_type,
-                        type=job_error_type(status.error_type),
-                        non_retryable=True,
-                    )
-                return  # fetch releases the permit; no need to renew it now
-            state, message = _describe(status, job)
-            # Only a job still running is worth a heartbeat: completing reports liveness.
-            activity.heartbeat(state)
-            if not await semaphore.renew(self.rt.db, job.idempotency_key, self._ttl):
-                await self._lease_lost(job)
-            # Submit announced the step: what is news now is a place in line, and the
-            # start after a wait.
-            waiting = state.startswith("queued") or last_state.startswith("queued")
-            if state != last_state and waiting:
-                await progress.publish(
-                    self.rt.db,
-                    self.rt.redis,
-                    job.generation_id,
-                    event="progress",
-                    dedupe=f"{job.step}:{state}"
-                    if job.attempt == 0
-                    else f"{job.step}:retry:{job.attempt}:{state}",
-                    step=job.step,
-                    message=message,
-                    percent=job.percent,
-                )
+        queue = metrics.QueueWatch(self.rt.db, job.step, job.idempotency_key, _first_attempt())
+        while (state := await self._look(job, last_state)) is not None:
+            await queue.seen(queued=state.startswith("queued"))
             last_state = state
             await asyncio.sleep(interval)
             interval = min(interval * POLL_BACKOFF, POLL_MAX_INTERVAL_SECONDS)
+        await queue.seen(queued=False)
+
+    @activity.defn(name=contract.CHECK_MODEL_JOB)
+    async def check_model_job(self, job: ModelJob) -> bool:
+        """One status check of a job whose webhook the workflow awaits: whether it ended
+        well (a job that failed raises, as the poll does)."""
+        return await self._look(job, "") is None
+
+    async def _look(self, job: ModelJob, last_state: str) -> str | None:
+        """Ask the provider about the job once. None when it completed; its state while
+        it is queued or running (a new place in line is announced); raises when it failed
+        or the provider could not say."""
+        try:
+            status = await self.rt.fal.status(job.app, job.request_id)
+        except fal_client.client.FalClientHTTPError as err:
+            if err.status_code == 404:
+                raise _lost(job, err) from err
+            if is_refusal(err):
+                raise
+            raise _unavailable(job.app, "status", err) from err
+        except httpx.TransportError as err:
+            raise _unavailable(job.app, "status", err) from err
+        if isinstance(status, fal_client.Completed):
+            if status.error:
+                # The same request id would answer the same error: never retried here,
+                # whatever its type; the workflow decides on resubmitting.
+                raise ApplicationError(
+                    f"{job.app} job {job.request_id} failed: {status.error}",
+                    status.error_type,
+                    type=job_error_type(status.error_type),
+                    non_retryable=True,
+                )
+            return None  # fetch releases the permit; no need to renew it now
+        state, message = _describe(status, job)
+        # Only a job still running is worth a heartbeat: completing reports liveness.
+        activity.heartbeat(state)
+        if not await self._semaphore(job.app).renew(self.rt.db, job.idempotency_key, self._ttl):
+            await self._lease_lost(job)
+        # Submit announced the step: what is news now is a place in line, and the start
+        # after a wait.
+        waiting = state.startswith("queued") or last_state.startswith("queued")
+        if state != last_state and waiting:
+            await progress.publish(
+                self.rt.db,
+                self.rt.redis,
+                job.generation_id,
+                event="progress",
+                dedupe=f"{job.step}:{state}"
+                if job.attempt == 0
+                else f"{job.step}:retry:{job.attempt}:{state}",
+                step=job.step,
+                message=message,
+                percent=job.percent,
+            )
+        return state
 
     async def _lease_lost(self, job: ModelJob) -> None:
         """The job's submitted lease is gone while the job was just seen queued or running.
@@ -292,6 +318,9 @@ class ModelActivities:
             self._semaphore(job.app).release(self.rt.db, job.idempotency_key)
         )
         try:
+            timing = await metrics.fetching(
+                self.rt.db, job.step, job.idempotency_key, job.webhook, _first_attempt()
+            )
             step = self.adapter.result(job.step, result)
             with tempfile.TemporaryDirectory(prefix="bitbuddies-fetch-") as scratch:
                 output = ModelOutput(data=dict(step.data))
@@ -316,6 +345,7 @@ class ModelActivities:
                 await self._show_picture(job, Path(scratch))
         finally:
             await release
+        timing.fetched()
         return output
 
     async def _show_picture(self, job: ModelJob, scratch: Path) -> None:
@@ -395,6 +425,11 @@ def provider_account_problem(err: fal_client.client.FalClientHTTPError) -> str |
         return None
     detail = str(err).lower()
     return next((problem for pattern, problem in ACCOUNT_PROBLEMS if pattern in detail), None)
+
+
+def _first_attempt() -> bool:
+    """Whether this is the activity's first attempt (metrics count a sighting once)."""
+    return activity.info().attempt == 1
 
 
 def _unavailable(app: str, call: str, err: Exception) -> ApplicationError:

@@ -3,34 +3,58 @@ one progress subscription per process, made in the lifespan."""
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from urllib.parse import urlsplit
 
+import httpx
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from redis.asyncio import BlockingConnectionPool, Redis
 
-from api import accounts, characters, files, generations, health, shared, streams, tokens
+from api import (
+    accounts,
+    characters,
+    files,
+    generations,
+    health,
+    metrics,
+    providers,
+    shared,
+    streams,
+    tokens,
+)
 from api.docs import install_docs
 from api.errors import install_error_handlers
 from api.limits import Limits
-from api.middleware import MULTIPART_OVERHEAD, BodyLimit, HostGuard, SecurityHeaders
+from api.middleware import (
+    MULTIPART_OVERHEAD,
+    BodyLimit,
+    HostGuard,
+    RequestContext,
+    SecurityHeaders,
+)
 from api.pages import install_pages
 from api.services.accounts import AccountService
 from api.services.generations import GenerationService
 from api.services.passwords import Passwords
+from api.services.providers import ProviderWebhookService
 from infra.database import open_pool
+from infra.falwebhooks import JwksCache
 from infra.logging import configure_logging
+from infra.metrics import PERMITS
 from infra.settings import Settings, get_settings
 from infra.storage import storage_from_settings
+from infra.telemetry import API_SERVICE, configure_tracing, flush_tracing
 from infra.temporal import connect
 
 log = logging.getLogger("bitbuddies.api")
 REDIS_CLIENT_NAME = "bitbuddies-api"  # how its connections show in CLIENT LIST
 REDIS_WAIT_SECONDS = 10.0  # for a free pooled connection, then a RedisError
+JWKS_FETCH_SECONDS = 10.0  # fetching the provider's webhook keys
 
 DESCRIPTION = """
 Turn a photo and a prompt into an animated, transparent cartoon character.
@@ -50,7 +74,8 @@ Any failure after the charge refunds the token automatically.
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
+    configure_tracing(settings, API_SERVICE)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -79,8 +104,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.generations = GenerationService(
             app.state.db, app.state.storage, app.state.temporal, settings
         )
+        app.state.http = httpx.AsyncClient(timeout=JWKS_FETCH_SECONDS)
+        app.state.provider_webhooks = ProviderWebhookService(
+            app.state.db,
+            app.state.temporal,
+            JwksCache(settings.webhook_jwks_url, client=app.state.http),
+        )
         app.state.hub = streams.ProgressHub(app.state.redis, app.state.db)
         await app.state.hub.start()
+        PERMITS.read_from(app.state.db, asyncio.get_running_loop())  # for /metrics
         # Everything made so far (modules, clients, pools) lives as long as the process:
         # keep it out of the collector's full passes, which otherwise walk it all and
         # stall every stream and request while they do.
@@ -89,9 +121,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         try:
             yield
         finally:
+            PERMITS.read_from(None, None)
             await app.state.hub.stop()
+            await app.state.http.aclose()
             await app.state.redis.aclose()
             await app.state.db.close()
+            await asyncio.to_thread(flush_tracing)  # uvicorn's exit skips exit handlers
 
     app = FastAPI(
         title="BitBuddies API",
@@ -100,10 +135,23 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
         docs_url=None,
         redoc_url=None,
+        # Server spans are RequestContext's (api/middleware.py), which records no path.
+        telemetry={"tracing": False},
     )
     install_error_handlers(app)
     install_docs(app)
-    for module in (health, accounts, tokens, generations, streams, characters, shared, files):
+    for module in (
+        health,
+        accounts,
+        tokens,
+        generations,
+        streams,
+        characters,
+        shared,
+        files,
+        providers,
+        metrics,
+    ):
         app.include_router(module.router)
     install_pages(app)
     _install_middleware(app, settings)
@@ -112,7 +160,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
 def _install_middleware(app: FastAPI, settings: Settings) -> None:
     """Outermost last: the host and size checks run before anything else reads the
-    request; security headers go on every answer, errors included."""
+    request; security headers go on every answer, errors included; outside them all,
+    RequestContext gives each request its id, log context and span."""
     upload_limit = settings.max_upload_bytes + MULTIPART_OVERHEAD
 
     def limit_for(method: str, path: str) -> int:
@@ -140,3 +189,4 @@ def _install_middleware(app: FastAPI, settings: Settings) -> None:
         placeholder_secret=settings.uses_placeholder_secret,
     )
     app.add_middleware(SecurityHeaders, hsts=urlsplit(settings.public_url).scheme == "https")
+    app.add_middleware(RequestContext)  # request id, log context, server span

@@ -20,6 +20,7 @@ from api.services.accounts import AccountService
 from api.services.errors import CsrfRefused, NotAllowed, NotSignedIn
 from api.services.generations import GenerationService
 from infra.database import records
+from infra.logging import add_log_context
 from infra.settings import Settings
 from infra.storage import Storage
 
@@ -113,6 +114,7 @@ async def _caller(request: Request, credentials: BearerDep, conn: ConnDep) -> Ca
         bearer = await records.bearer(conn, credentials.credentials)
         if bearer is None:
             raise NotSignedIn("This token is unknown, revoked or expired; log in again.")
+        add_log_context(user_id=str(bearer.user.id))  # on this request's log lines
         return Caller(bearer.user, token=credentials.credentials, device=bearer.device)
     session_id = request.cookies.get(SESSION_COOKIE)
     if not session_id:
@@ -120,6 +122,7 @@ async def _caller(request: Request, credentials: BearerDep, conn: ConnDep) -> Ca
     found = await records.session(conn, session_id)
     if found is None:
         raise NotSignedIn("Your session has ended; log in again.")
+    add_log_context(user_id=str(found.user.id))
     if request.method not in SAFE_METHODS:
         origin = request.headers.get("origin")
         settings: Settings = request.app.state.settings

@@ -43,6 +43,7 @@ STATUS_OF: dict[type[DomainError], tuple[int, str]] = {
     errors.Busy: (503, "unavailable"),
     errors.CouldNotStart: (503, "unavailable"),
     errors.InvalidToken: (400, "invalid_token"),
+    errors.WebhookRefused: (400, "webhook_rejected"),
 }
 
 

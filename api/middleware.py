@@ -1,4 +1,5 @@
-"""ASGI middleware: request-body limits, security headers, strict UTF-8 form fields.
+"""ASGI middleware: request ids, log context and server spans; request-body limits,
+security headers, strict UTF-8 form fields.
 
 All of it is plain ASGI (no ``BaseHTTPMiddleware``), so event streams pass through
 untouched and nothing buffers a body.
@@ -7,13 +8,19 @@ untouched and nothing buffers a body.
 from __future__ import annotations
 
 import json
+import re
+import uuid
 from collections.abc import Callable
 
 import starlette.formparsers
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind, Status, StatusCode
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.errors import NotUtf8, error_body
+from infra.logging import bind_log_context, unbind_log_context
 
 # Multipart framing around the photo and the prompt: boundaries, part headers, the
 # prompt itself (500 characters, at most 4 bytes each) and slack.
@@ -165,3 +172,111 @@ class HostGuard:
                     await _send_json(send, 400, error_body("bad_host", "Unknown host."))
                     return
         await self.app(scope, receive, send)
+
+
+REQUEST_ID_HEADER = b"x-request-id"
+# An incoming X-Request-ID is kept only when it is a short token of safe characters
+# (a proxy's or a client's id: a UUID, hex, base64url); anything else is replaced.
+_SAFE_REQUEST_ID = re.compile(rb"[A-Za-z0-9._-]{1,64}")
+# A caller's W3C trace context is continued; its baggage is not taken (it would travel
+# into every workflow and activity header, at the caller's chosen size).
+_TRACE_CONTEXT = TraceContextTextMapPropagator()
+_TRACE_HEADERS = frozenset({b"traceparent", b"tracestate"})
+
+
+def request_id_of(headers: list[tuple[bytes, bytes]]) -> str:
+    """The request's id: the caller's X-Request-ID when it is a safe token, else a new one."""
+    for name, value in headers:
+        if name.lower() == REQUEST_ID_HEADER:
+            if _SAFE_REQUEST_ID.fullmatch(value):
+                return value.decode("ascii")
+            break
+    return uuid.uuid4().hex
+
+
+def _route_of(scope: Scope) -> str | None:
+    """The matched route's template (``/v1/generations/{generation_id}``), never the path
+    itself, which carries ids and share slugs."""
+    path = getattr(scope.get("route"), "path_format", None) or getattr(
+        scope.get("route"), "path", None
+    )
+    return path if isinstance(path, str) else None
+
+
+class RequestContext:
+    """What each HTTP request is, for logs and traces. Outermost of ours.
+
+    - A request id: the caller's ``X-Request-ID`` when it is a safe token, else a new
+      one; sent back in ``X-Request-ID``.
+    - Log context (infra/logging.py): every line logged while the request is handled
+      carries ``request_id``, and ``user_id`` once the caller is known (api/deps.py adds
+      it); and ``trace_id`` when tracing is on.
+    - A server span (infra/telemetry.py): ``<METHOD> <route template>``, continuing the
+      caller's ``traceparent`` (not its baggage); the workflow start it makes joins it.
+      Its attributes are the method, the route template, the status, the request id and
+      the user id: never the path or the query (ids, share slugs, signatures), nor any
+      header. Without an exporter the tracer is the no-op one.
+
+    An event stream's span lasts as long as the stream. An unhandled error leaves the
+    log context bound, so the server's own traceback line (uvicorn logs it after the app
+    returns, in this request's task) still says which request it was; its 500 is sent by
+    Starlette's outermost middleware, outside this one, without the header.
+    """
+
+    def __init__(self, app: ASGIApp, *, tracer: trace.Tracer | None = None) -> None:
+        self.app = app
+        self.tracer = tracer or trace.get_tracer("bitbuddies.api")
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers: list[tuple[bytes, bytes]] = scope["headers"]
+        request_id = request_id_of(headers)
+        carrier = {
+            name.decode("latin-1").lower(): value.decode("latin-1")
+            for name, value in headers
+            if name.lower() in _TRACE_HEADERS
+        }
+        method: str = scope["method"]
+        status: int | None = None
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                kept = [
+                    (n, v) for n, v in message.get("headers", []) if n.lower() != REQUEST_ID_HEADER
+                ]
+                message = {**message, "headers": [*kept, (REQUEST_ID_HEADER, request_id.encode())]}
+            await send(message)
+
+        fields, token = bind_log_context(inherit=False, request_id=request_id)
+        with self.tracer.start_as_current_span(
+            method,
+            context=_TRACE_CONTEXT.extract(carrier),
+            kind=SpanKind.SERVER,
+            attributes={"http.request.method": method, "request.id": request_id},
+            record_exception=False,
+            set_status_on_exception=False,
+        ) as span:
+            try:
+                await self.app(scope, receive, send_with_id)
+            except Exception as exc:
+                status = status or 500
+                span.record_exception(exc)
+                span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
+                raise  # the log context stays bound for the server's traceback line
+            else:
+                unbind_log_context(token)
+            finally:
+                route = _route_of(scope)
+                if route is not None:
+                    span.update_name(f"{method} {route}")
+                    span.set_attribute("http.route", route)
+                if status is not None:
+                    span.set_attribute("http.response.status_code", status)
+                    if status >= 500:
+                        span.set_status(Status(StatusCode.ERROR))
+                if fields.get("user_id"):
+                    span.set_attribute("enduser.id", str(fields["user_id"]))

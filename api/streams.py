@@ -38,7 +38,7 @@ from api.errors import documented
 from api.limits import Limits
 from api.services.errors import InvalidInput, RateLimited
 from api.services.generations import owned_generation
-from infra import progress
+from infra import metrics, progress
 from infra.database import records
 from workflows.contract import READY, TERMINAL_STATUSES
 
@@ -309,7 +309,7 @@ async def generation_events(
 
     async def stream() -> AsyncIterator[ServerSentEvent]:
         try:
-            with hub.watch(str(generation_id)) as feed:
+            with metrics.OPEN_STREAMS.track_inprogress(), hub.watch(str(generation_id)) as feed:
                 async for event in _events(feed, start, fallback, renew):
                     yield event
         finally:

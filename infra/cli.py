@@ -3,24 +3,41 @@ takes its parsed arguments and the settings (DATABASE_URL and the rest, as every
 reads them: infra/settings.py) and returns the exit status. ``COMMANDS`` registers them.
 
     bitbuddies alerts [--since 1h] [--limit 50]   recent owner alerts, newest first
+    bitbuddies inspect GENERATION_ID              one generation, from a user's complaint to
+                                                  the failing step: its row, its workflow's
+                                                  timeline (infra/inspect.py) and the Temporal
+                                                  UI link, its ledger entries, provider jobs
+                                                  and owner alerts
+
+``inspect`` exits 1 for an id no generation has, or when Temporal could not be read (what
+the database holds is printed all the same), and 2 for an id that is not a UUID.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import re
 import sys
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
+from uuid import UUID
 
 import psycopg
 from psycopg.rows import dict_row
+from temporalio.service import RPCError, RPCStatusCode
 
+from billing import ledger
+from infra import inspect
+from infra.alerts import workflow_link
 from infra.database import alerts as alerts_repo
+from infra.database import permits as permits_repo
+from infra.database import records
 from infra.settings import Settings, get_settings
+from infra.temporal import connect
 
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
@@ -72,6 +89,224 @@ async def _alerts(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+# --- inspect --------------------------------------------------------------------------
+
+TEMPORAL_TIMEOUT = timedelta(seconds=15)
+NO_WORKFLOW = (
+    "no workflow with this id in Temporal: it never started (or its history is past the"
+    " namespace's retention)"
+)
+
+
+def generation_id(text: str) -> UUID:
+    try:
+        return UUID(text.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a generation id (a UUID)") from None
+
+
+def _inspect_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "generation_id",
+        type=generation_id,
+        metavar="GENERATION_ID",
+        help="the generation's id, which is also its workflow's id",
+    )
+
+
+@dataclass(frozen=True)
+class _Workflow:
+    timeline: inspect.Timeline | None  # None: no run in Temporal, or Temporal unreadable
+    problem: str | None = None  # why Temporal could not be read
+
+
+async def _inspect(args: argparse.Namespace, settings: Settings) -> int:
+    gid: UUID = args.generation_id
+    async with await psycopg.AsyncConnection.connect(
+        settings.database_url, autocommit=True, row_factory=dict_row
+    ) as conn:
+        generation = await records.generation(conn, gid)
+        if generation is None:
+            print(f"no generation {gid}", file=sys.stderr)
+            return 1
+        entries = await ledger.entries_for_generation(conn, gid)
+        jobs = await permits_repo.jobs_for_generation(conn, gid)
+        alerts = await alerts_repo.for_generation(conn, gid)
+    workflow = await _read_workflow(settings, str(gid))
+
+    _print_generation(generation)
+    _print_workflow(settings, str(gid), workflow)
+    _print_ledger(entries)
+    _print_jobs(jobs)
+    _print_alerts(alerts)
+    return 1 if workflow.problem else 0
+
+
+async def _read_workflow(settings: Settings, workflow_id: str) -> _Workflow:
+    """The latest run's timeline (with a running run's pending activities), or why none."""
+    rpc_timeout = TEMPORAL_TIMEOUT
+    try:
+        client = await asyncio.wait_for(connect(settings), rpc_timeout.total_seconds())
+        description = await client.get_workflow_handle(workflow_id).describe(
+            rpc_timeout=rpc_timeout
+        )
+        run = client.get_workflow_handle(workflow_id, run_id=description.run_id)
+        history = await run.fetch_history(rpc_timeout=rpc_timeout)
+    except RPCError as err:
+        if err.status == RPCStatusCode.NOT_FOUND:
+            return _Workflow(None)
+        return _Workflow(None, f"Temporal at {settings.temporal_address} answered: {err}")
+    except (RuntimeError, TimeoutError, OSError) as err:
+        return _Workflow(None, f"could not reach Temporal at {settings.temporal_address}: {err}")
+    if not history.events:
+        return _Workflow(None)
+    return _Workflow(
+        inspect.timeline(
+            history.events,
+            workflow_id=workflow_id,
+            run_id=description.run_id,
+            pending=description.raw_description.pending_activities,
+        )
+    )
+
+
+def _when(moment: datetime | None) -> str:
+    return "-" if moment is None else f"{moment:%Y-%m-%d %H:%M:%S %Z}"
+
+
+def _flat(text: str) -> str:
+    """One line: a message may hold newlines (an HTTP error's advice, a traceback)."""
+    return " ".join(text.split())
+
+
+def _span(span: timedelta | None) -> str:
+    if span is None:
+        return "-"
+    seconds = span.total_seconds()
+    if seconds < 60:
+        return f"{seconds:.2f}s"
+    minutes, seconds = divmod(int(seconds), 60)
+    if minutes < 60:
+        return f"{minutes}m{seconds:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m"
+
+
+def _print_generation(generation: records.Generation) -> None:
+    print(f"generation {generation.id}")
+    print(f"  user       {generation.user_id}")
+    print(f"  status     {generation.status}  step {generation.step or '-'}")
+    print(f"  created    {_when(generation.created_at)}")
+    print(f"  updated    {_when(generation.updated_at)}")
+    if generation.error_code or generation.error:
+        print(f"  error      {generation.error_code or '-'}: {generation.error or '-'}")
+    if generation.character_id:
+        print(f"  character  {generation.character_id}")
+
+
+def _print_workflow(settings: Settings, workflow_id: str, workflow: _Workflow) -> None:
+    print()
+    timeline = workflow.timeline
+    if timeline is None:
+        print("workflow")
+        print(f"  {workflow.problem or NO_WORKFLOW}")
+        return
+    print(f"workflow {timeline.workflow_type}")
+    print(f"  run        {timeline.run_id}")
+    ended = f" after {_span(timeline.duration)}" if timeline.duration is not None else ""
+    print(f"  status     {timeline.status}{ended}  (started {_when(timeline.started_at)})")
+    if timeline.ending is not None:
+        print(f"  ending     {timeline.ending.type}: {_flat(timeline.ending.message)}")
+    print(f"  link       {workflow_link(settings, workflow_id, timeline.run_id)}")
+    print()
+    print("timeline (at: after the workflow started; took: until it closed, retries included)")
+    print(f"  {'at':>9}  {'took':>7}  {'activity':<20} {'step':<28} {'attempt':>7}  outcome")
+    for row in timeline.rows:
+        _print_row(row)
+
+
+def _print_row(row: inspect.Row) -> None:
+    at = f"+{_span(row.at)}"
+    if isinstance(row, inspect.ActivityRow):
+        step = row.step or "-"
+        if row.resubmission:
+            step += f" (resubmission {row.resubmission})"
+        flag = "!" if row.outcome in ("failed", "timed out") else " "
+        attempt = str(row.attempt) if row.attempt else "-"
+        print(
+            f"{flag} {at:>9}  {_span(row.duration):>7}  {row.activity_type:<20} {step:<28}"
+            f" {attempt:>7}  {row.outcome}"
+        )
+        if row.error is not None:
+            why = f" (not retried: {row.retry_state})" if row.retry_state else ""
+            print(f"{'':14}error: {row.error.type}: {_flat(row.error.message)}{why}")
+        if row.last_failure is not None and row.attempt > 1:
+            print(
+                f"{'':14}attempt {row.attempt - 1} failed: {row.last_failure.type}:"
+                f" {_flat(row.last_failure.message)}"
+            )
+    elif isinstance(row, inspect.TimerRow):
+        wait = f"sleep {_span(row.fire_after)}"
+        print(
+            f"  {at:>9}  {_span(row.duration):>7}  {'timer ' + row.timer_id:<20} {wait:<28}"
+            f" {'':>7}  {row.outcome}"
+        )
+    elif isinstance(row, inspect.SignalRow):
+        print(
+            f"  {at:>9}  {'':>7}  {'signal':<20} {row.name:<28} {'':>7}  by {row.identity or '?'}"
+        )
+    elif isinstance(row, inspect.CancelRequestRow):
+        print(
+            f"  {at:>9}  {'':>7}  {'cancel requested':<20} {row.cause or '-':<28} {'':>7}"
+            f"  by {row.identity or '?'}"
+        )
+    else:
+        print(f"! {at:>9}  {'':>7}  {'workflow task':<20} {row.cause:<28} {'':>7}  failed")
+        print(f"{'':14}error: {_flat(row.message)}")
+
+
+def _print_ledger(entries: list[ledger.LedgerEntry]) -> None:
+    print()
+    print("ledger")
+    if not entries:
+        print("  no entries")
+    for entry in entries:
+        refund_of = f"  refund of #{entry.refund_of}" if entry.refund_of is not None else ""
+        print(
+            f"  #{entry.id}  {_when(entry.created_at)}  {entry.kind:<8} {entry.delta:+d}"
+            f"{refund_of}  key {entry.idempotency_key}"
+        )
+        if entry.reason:
+            print(f"      reason: {_flat(entry.reason)}")
+
+
+def _print_jobs(jobs: list[permits_repo.ProviderJob]) -> None:
+    print()
+    print("provider jobs")
+    if not jobs:
+        print("  none recorded")
+    for job in jobs:
+        print(f"  {_when(job.created_at)}  {job.step:<14} {job.app:<28} request {job.request_id}")
+
+
+def _print_alerts(alerts: list[alerts_repo.Alert]) -> None:
+    print()
+    print("alerts")
+    if not alerts:
+        print("  none")
+    for alert in alerts:
+        print(
+            f"  #{alert.id}  {_when(alert.created_at)}  {alert.kind}  priority {alert.priority}"
+            f"  {alert.delivery}"
+        )
+        print(f"      {alert.title}")
+        refunded = {True: "yes", False: "NO", None: "unknown"}[alert.refunded]
+        print(
+            f"      step {alert.step or '-'}  error {alert.error_class or '-'}  refunded {refunded}"
+        )
+        print(f"      {alert.link or '-'}")
+
+
 COMMANDS: dict[str, Command] = {
     command.name: command
     for command in (
@@ -81,6 +316,13 @@ COMMANDS: dict[str, Command] = {
             " and the link to the workflow",
             _alerts_arguments,
             _alerts,
+        ),
+        Command(
+            "inspect",
+            "one generation: its row, its workflow's timeline and link, its ledger entries,"
+            " provider jobs and alerts",
+            _inspect_arguments,
+            _inspect,
         ),
     )
 }
@@ -95,8 +337,18 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run a command. As the program (no ``argv``: the ``bitbuddies`` script, ``python -m
+    infra.cli``), end the process here with the command's status, skipping the
+    interpreter's teardown: a process that used the Temporal client can crash in it
+    (SIGABRT, "PyGILState_Release: thread state must be current", temporalio/sdk-python#300)
+    after all its work is done and printed."""
     args = parser().parse_args(argv)
-    return asyncio.run(COMMANDS[args.command].run(args, get_settings()))
+    status = asyncio.run(COMMANDS[args.command].run(args, get_settings()))
+    if argv is None:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(status)
+    return status
 
 
 if __name__ == "__main__":

@@ -60,6 +60,13 @@ class Settings(BaseSettings):
     model_concurrency: int = 2  # jobs in flight per model, across all workers
     # Lease of a permit not yet used for a submit; a submitted job's permit never expires.
     model_permit_ttl_seconds: float = 60.0
+    # Ask the provider to call {public_url}/v1/providers/fal/webhook when a job ends, so
+    # the workflow fetches at once instead of polling (it still checks the job once per
+    # period when no webhook comes). Needs public_url reachable by the provider.
+    provider_webhooks: bool = True
+    # The keys that sign the provider's webhooks (a JWKS of Ed25519 keys). fal publishes
+    # its own here; with local models the local model server's is used.
+    fal_jwks_url: str = "https://rest.alpha.fal.ai/.well-known/jwks.json"
 
     # Storage: the local folder unless a GCS bucket is named.
     gcs_bucket: str | None = None
@@ -149,7 +156,23 @@ class Settings(BaseSettings):
     mails_per_address_per_hour: int = 5
     open_streams_per_user: int = 20
 
+    # Metrics (infra/metrics.py): the API's GET /metrics, and each worker process's own
+    # endpoint at this host:port (off when unset; `make dev` and the tests give each pool
+    # a loopback port). With a token, both answer only `Authorization: Bearer <token>`
+    # (401 otherwise); without one, nobody in production (404) and, locally, loopback
+    # callers only.
+    metrics_token: SecretStr | None = None
+    worker_metrics_address: str | None = None
+
     log_level: str = "INFO"
+    # json: one object per line (production's default); text: key=value after the message.
+    log_format: Literal["text", "json"] = Field(
+        default_factory=lambda data: "json" if data.get("environment") == "production" else "text"
+    )
+    # Traces (infra/telemetry.py): the OTLP/HTTP collector's base URL; none: no exporter.
+    otel_exporter_otlp_endpoint: str | None = Field(
+        None, validation_alias="OTEL_EXPORTER_OTLP_ENDPOINT"
+    )
 
     @model_validator(mode="after")
     def _refuse_placeholders_in_production(self) -> Settings:
@@ -171,6 +194,13 @@ class Settings(BaseSettings):
     @property
     def uses_local_models(self) -> bool:
         return self.fal_key is None
+
+    @property
+    def webhook_jwks_url(self) -> str:
+        """The key set the provider's webhooks are checked against."""
+        if self.uses_local_models:
+            return self.model_server_url.rstrip("/") + "/.well-known/jwks.json"
+        return self.fal_jwks_url
 
 
 def get_settings() -> Settings:

@@ -88,10 +88,22 @@ class Ports:
     redis: int = 63790
     postgres: int = 54329
     model_server: int = 8010
+    # Each worker process's metrics endpoint (infra/metrics.py), by pool: from this port
+    # up in the order pools start (`make dev`: 8021 main, 8022 media, 8023 housekeeping);
+    # 0: a free port each (a throwaway stack). Given out once, then kept for restarts.
+    worker_metrics_base: int = 8021
+    worker_metrics: dict[str, int] = field(default_factory=dict)
 
     @classmethod
     def random(cls) -> Ports:
-        return cls(*(free_port() for _ in range(6)))
+        api, temporal, temporal_ui, redis, postgres, model_server = (free_port() for _ in range(6))
+        return cls(api, temporal, temporal_ui, redis, postgres, model_server, worker_metrics_base=0)
+
+    def worker_metrics_port(self, pool: str) -> int:
+        if pool not in self.worker_metrics:
+            base = self.worker_metrics_base
+            self.worker_metrics[pool] = base + len(self.worker_metrics) if base else free_port()
+        return self.worker_metrics[pool]
 
 
 @dataclass
@@ -496,7 +508,10 @@ def worker(cfg: StackConfig, pool: str) -> Managed:
         name,
         [sys.executable, "-m", "infra.worker", "--pool", pool, "--ready-file", str(ready_file)],
         ready=ready_file.exists,
-        env=cfg.app_env(),
+        env={
+            **cfg.app_env(),
+            "BITBUDDIES_WORKER_METRICS_ADDRESS": f"127.0.0.1:{cfg.ports.worker_metrics_port(pool)}",
+        },
         log_path=cfg.data_dir / "logs" / f"{name}.log",
     )
 

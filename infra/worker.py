@@ -34,9 +34,12 @@ from temporalio.worker import Worker
 
 from activities.runtime import Runtime, open_runtime
 from infra import liveness
+from infra.log_context import LogContextInterceptor, sandboxed_runner
 from infra.logging import configure_logging
+from infra.metrics import WorkerEndpoint
 from infra.schedules import ensure_schedules
 from infra.settings import Settings, get_settings
+from infra.telemetry import configure_tracing, flush_tracing, worker_service, worker_tracing
 from infra.temporal import connect
 from workflows.alerts import AlertDigestWorkflow
 from workflows.bitbuddy import BitBuddyWorkflow
@@ -56,6 +59,7 @@ def _main_activities(runtime: Runtime) -> list[Callable[..., Any]]:
     return [
         models.submit_model_job,
         models.poll_model_job,
+        models.check_model_job,
         models.fetch_model_result,
         models.release_model_job,
         generations.complete_generation,
@@ -125,6 +129,9 @@ def _worker(client: Client, settings: Settings, runtime: Runtime, pool: Pool) ->
         workflows=list(pool.workflows),
         activities=pool.activities(runtime),
         max_concurrent_activities=pool.concurrency(settings),
+        # Spans continuing the client's trace, then whose work each log line is.
+        interceptors=[worker_tracing(), LogContextInterceptor()],
+        workflow_runner=sandboxed_runner(),
     )
 
 
@@ -132,8 +139,11 @@ async def run_worker(
     settings: Settings, pool_names: Sequence[str], ready_file: Path | None = None
 ) -> None:
     pools = [POOLS[name] for name in pool_names]
-    client = await connect(settings)
+    metrics = WorkerEndpoint.open(settings)  # None unless BITBUDDIES_WORKER_METRICS_ADDRESS
+    client = await connect(settings, metrics.temporal if metrics else None)
     async with open_runtime(settings) as runtime, AsyncExitStack() as running:
+        if metrics is not None:
+            running.callback(metrics.close)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -175,8 +185,10 @@ def main() -> None:
     parser.add_argument("--ready-file", type=Path, default=None)
     args = parser.parse_args()
     settings = get_settings()
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
+    configure_tracing(settings, worker_service(args.pool or list(POOLS)))
     asyncio.run(run_worker(settings, args.pool or list(POOLS), args.ready_file))
+    flush_tracing()
 
 
 if __name__ == "__main__":

@@ -6,29 +6,33 @@ charged token ends as a delivered character or exactly one refund.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable
 from datetime import timedelta
 from typing import Any, TypeVar
 
+from temporalio import exceptions as temporal_errors
 from temporalio import workflow
 from temporalio.exceptions import ActivityError, ApplicationError, is_cancelled_exception
 
 with workflow.unsafe.imports_passed_through():
-    from activities.model_errors import is_transient
+    from activities.model_errors import MODEL_STEP_TIMED_OUT, is_transient
     from workflows import contract
     from workflows.contract import (
         ALERT_OPTIONS,
         ANALYZE,
         ANIMATE,
         CARTOONIFY,
+        CHECK_OPTIONS,
         EXPAND,
         FETCH_OPTIONS,
+        GENERATION_TIMED_OUT,
+        GENERATION_TIMEOUT,
         IMAGE,
         MASK,
         MASK_VIDEO,
         NSFW_FILTER,
         PHOTO_REJECTED,
-        POLL_OPTIONS,
         RECORD_OPTIONS,
         REFUND_OPTIONS,
         RELEASE_OPTIONS,
@@ -36,6 +40,7 @@ with workflow.unsafe.imports_passed_through():
         SEGMENT_VIDEO,
         SETTLE_OPTIONS,
         SUBMIT_OPTIONS,
+        TIMEOUTS,
         TRANSCODE_OPTIONS,
         TRANSCODE_PERCENT,
         VIDEO,
@@ -46,6 +51,7 @@ with workflow.unsafe.imports_passed_through():
         EndedBadly,
         FailInput,
         GenerationStatus,
+        JobFinished,
         ModelJob,
         ModelOutput,
         ModelStepInput,
@@ -56,6 +62,7 @@ with workflow.unsafe.imports_passed_through():
         SettleResult,
         Step,
         TranscodeInput,
+        poll_options,
     )
 
 # Marks histories recorded by code that resubmits a model step after a transient failure.
@@ -67,6 +74,17 @@ TRANSIENT_RESUBMIT_PATCH = "transient-resubmit"
 # activity (refund, outcome and terminal event in one transaction). Consulted only on the
 # way out of a failure; a history without it refunds and records in two activities.
 SETTLE_PATCH = "settle-in-one-activity"
+# Marks histories recorded by code that gives the whole generation GENERATION_TIMEOUT
+# (a timer at the start): a history without it runs without one.
+DEADLINE_PATCH = "generation-deadline"
+# Marks histories recorded by code that, when the provider was asked for a webhook,
+# waits for it (JOB_FINISHED_SIGNAL) and checks the job once per period instead of
+# polling. Consulted only after a submit that asked for a webhook, which no older code did.
+WEBHOOK_PATCH = "webhook-then-check"
+# Marks histories recorded by code that stops at the next safe point when a cancellation
+# was swallowed by an activity finishing at the same moment (a submit answers with the
+# job instead of being cancelled). Consulted only once a cancellation was requested.
+CANCEL_CHECK_PATCH = "stop-at-swallowed-cancel"
 
 
 T = TypeVar("T")
@@ -88,6 +106,14 @@ async def _uncancelled(call: Awaitable[T]) -> tuple[T, bool]:
             cancelled = True
 
 
+def _cancel_swallowed() -> bool:
+    """Whether the workflow was asked to cancel and is still going: an activity that
+    finished at the moment the cancellation came (a submit that waits for its cancel to
+    complete and answered with its job instead) swallows it, and the workflow would carry
+    on. Checked at the safe points between steps, which then cancel after all."""
+    return workflow.cancellation_reason() is not None and workflow.patched(CANCEL_CHECK_PATCH)
+
+
 def _rejected(code: str, message: str) -> ApplicationError:
     return ApplicationError(message, code, type=PHOTO_REJECTED, non_retryable=True)
 
@@ -97,10 +123,18 @@ class BitBuddyWorkflow:
     def __init__(self) -> None:
         self._step = "queued"
         self._percent = 0
+        # Jobs whose webhook came and has not been acted on yet: request id -> OK.
+        self._finished: dict[str, bool] = {}
 
     @workflow.query
     def status(self) -> GenerationStatus:
         return GenerationStatus(step=self._step, percent=self._percent)
+
+    @workflow.signal(name=contract.JOB_FINISHED_SIGNAL)
+    def job_finished(self, finished: JobFinished) -> None:
+        """The provider's webhook says a job ended (the API verified its signature). A
+        repeat, or one for a job no longer awaited, costs at most one status check."""
+        self._finished[finished.request_id] = finished.ok
 
     @workflow.run
     async def run(self, job: BitBuddyInput) -> BitBuddyResult:
@@ -108,10 +142,39 @@ class BitBuddyWorkflow:
         # either delivers the character or refunds - including cancellation, which
         # reaches us as ActivityError(cause=CancelledError) or as CancelledError.
         try:
+            if workflow.patched(DEADLINE_PATCH):
+                return await self._within_deadline(job)
             return await self._generate(job)
         except (Exception, asyncio.CancelledError) as err:
             await self._settle(job, err)
             raise
+
+    async def _within_deadline(self, job: BitBuddyInput) -> BitBuddyResult:
+        """Generate, but give up after GENERATION_TIMEOUT: the step under way is cancelled
+        (its cleanup stops the provider's job and frees its permit), then we settle.
+
+        Not asyncio.wait_for: cancelled from outside (the workflow's cancellation), it
+        raises CancelledError even when the generation swallowed the cancellation and
+        returned, as it does once its character is being recorded, which would refund a
+        delivered character. Here the generation's own answer stands.
+        """
+        generating = asyncio.ensure_future(self._generate(job))
+        try:
+            await workflow.wait_condition(generating.done, timeout=GENERATION_TIMEOUT)
+        except asyncio.CancelledError:
+            generating.cancel()  # the workflow's cancellation, passed on to the step
+            return await generating
+        except TimeoutError:
+            generating.cancel()
+            try:
+                return await generating  # a character recorded meanwhile stands
+            except asyncio.CancelledError as err:
+                raise ApplicationError(
+                    f"no character after {GENERATION_TIMEOUT}",
+                    type=GENERATION_TIMED_OUT,
+                    non_retryable=True,
+                ) from err
+        return generating.result()
 
     async def _generate(self, job: BitBuddyInput) -> BitBuddyResult:
         render = job.render
@@ -152,6 +215,8 @@ class BitBuddyWorkflow:
             job, SEGMENT_VIDEO, {VIDEO: animation.files[VIDEO]}, {"fps": render.fps}
         )
 
+        if _cancel_swallowed():
+            raise asyncio.CancelledError()
         character_id = str(workflow.uuid4())
         self._step, self._percent = contract.TRANSCODE_STEP, TRANSCODE_PERCENT
         assets: CharacterAssets = await workflow.execute_activity(
@@ -190,6 +255,8 @@ class BitBuddyWorkflow:
         """Run a model step; resubmit it (new key, after a backoff) when it failed for a
         transient reason, at most ``job.retry.resubmits`` times. A refusal, a model that
         failed on the input, or a cancellation ends the step at once."""
+        if _cancel_swallowed():
+            raise asyncio.CancelledError()
         self._step, self._percent = step.name, step.percent
         attempt = 0
         while True:
@@ -247,7 +314,14 @@ class BitBuddyWorkflow:
                 **SUBMIT_OPTIONS,
             )
             submitted = job_handle
-            await workflow.execute_activity(contract.POLL_MODEL_JOB, job_handle, **POLL_OPTIONS)
+            if _cancel_swallowed():  # the job stops in the cleanup below
+                raise asyncio.CancelledError()
+            if job_handle.webhook and workflow.patched(WEBHOOK_PATCH):
+                await self._await_job(job_handle, step)
+            else:
+                await workflow.execute_activity(
+                    contract.POLL_MODEL_JOB, job_handle, **poll_options(step.kind)
+                )
             output: ModelOutput = await workflow.execute_activity(
                 contract.FETCH_MODEL_RESULT, job_handle, result_type=ModelOutput, **FETCH_OPTIONS
             )
@@ -269,6 +343,36 @@ class BitBuddyWorkflow:
                 if cancelled:  # while releasing: not to be lost before a resubmission
                     raise asyncio.CancelledError()
 
+    async def _await_job(self, job: ModelJob, step: Step) -> None:
+        """Wait for the job to end: its webhook, or else one status check per period.
+
+        The provider calls our webhook when the job ends, and the API signals us; we then
+        fetch at once, with no polling activity at all. Without a webhook within the
+        period (lost, or the API was down) the job is checked once and we wait again, so
+        a lost webhook costs a period of latency, never the generation. An ERROR webhook
+        is checked too: the check reads the error and fails the step with its type.
+        """
+        timeouts = TIMEOUTS[step.kind]
+        deadline = workflow.now() + timeouts.allowance
+        while True:
+            with contextlib.suppress(TimeoutError):  # no webhook in this period
+                await workflow.wait_condition(
+                    lambda: job.request_id in self._finished, timeout=timeouts.webhook_wait
+                )
+            if self._finished.pop(job.request_id, False):
+                return
+            ended: bool = await workflow.execute_activity(
+                contract.CHECK_MODEL_JOB, job, result_type=bool, **CHECK_OPTIONS
+            )
+            if ended:
+                return
+            if workflow.now() >= deadline:
+                raise ApplicationError(
+                    f"{job.app} job {job.request_id}: no result within {timeouts.allowance}",
+                    type=MODEL_STEP_TIMED_OUT,
+                    non_retryable=True,
+                )
+
     async def _settle(self, job: BitBuddyInput, err: BaseException) -> None:
         """Refund, record the ending and announce it (one activity, one transaction),
         then alert the owner when the failure was ours."""
@@ -278,6 +382,8 @@ class BitBuddyWorkflow:
             code, message = "cancelled", contract.CANCELLED
         elif rejection is not None:
             code, message = rejection
+        elif _timed_out(err):
+            code, message = "timed_out", contract.TOOK_TOO_LONG
         else:
             code, message = "internal", contract.INTERNAL_FAILURE
         status: EndedBadly = "cancelled" if cancelled else "failed"
@@ -303,13 +409,13 @@ class BitBuddyWorkflow:
             refunded = settled.refunded
         else:
             refunded = await self._refund_then_record(job, status, code, message, reason)
-        if code == "internal":
+        if code in ("internal", "timed_out"):
             info = workflow.info()
             await _uncancelled(
                 workflow.execute_activity(
                     contract.SEND_ALERT,
                     contract.failure_alert(
-                        what="failed",
+                        what="stuck" if code == "timed_out" else "failed",
                         step=self._step,
                         detail=_describe(err),
                         refunded=refunded,
@@ -366,6 +472,23 @@ def _rejection(err: BaseException) -> tuple[str, str] | None:
             return code, seen.message
         seen = seen.__cause__
     return None
+
+
+def _timed_out(err: BaseException) -> bool:
+    """Whether the generation ended because something took too long: the whole
+    generation's deadline, a step's allowance at the provider, or an activity's own
+    timeout (a transcode that never finished)."""
+    seen: BaseException | None = err
+    while seen is not None:
+        if isinstance(seen, temporal_errors.TimeoutError):  # an activity's own timeout
+            return True
+        if isinstance(seen, ApplicationError) and seen.type in (
+            GENERATION_TIMED_OUT,
+            MODEL_STEP_TIMED_OUT,
+        ):
+            return True
+        seen = seen.__cause__
+    return False
 
 
 def _describe(err: BaseException) -> str:

@@ -36,6 +36,7 @@ ALERT_DIGEST_SCHEDULE: Final = "bitbuddies-alert-digest"  # the schedule's id
 # Activity names, as registered by the workers (activities/) and called by the workflow.
 SUBMIT_MODEL_JOB: Final = "submit_model_job"
 POLL_MODEL_JOB: Final = "poll_model_job"
+CHECK_MODEL_JOB: Final = "check_model_job"  # one status check (when a webhook is awaited)
 FETCH_MODEL_RESULT: Final = "fetch_model_result"
 RELEASE_MODEL_JOB: Final = "release_model_job"
 TRANSCODE: Final = "transcode"
@@ -65,6 +66,7 @@ REFUNDED: Final = "Your token has been refunded."
 NSFW_REFUSED: Final = "This photo can't be used: it looks like it isn't safe for work."
 UNUSABLE_PHOTO: Final = "This photo can't be used."  # followed by the problems found
 CANCELLED: Final = "Cancelled."
+TOOK_TOO_LONG: Final = "This took far longer than it should, so we stopped."
 INTERNAL_FAILURE: Final = "Something went wrong while making your BitBuddy."
 START_FAILED: Final = "We couldn't start your BitBuddy. Try again."
 
@@ -83,6 +85,10 @@ def resubmitting(attempt: int, resubmits: int) -> str:
 # --- the steps --------------------------------------------------------------------
 
 
+# What a step's model makes, which says how long it may take (TIMEOUTS below).
+ModelKind = Literal["image", "mask", "video"]
+
+
 @dataclass(frozen=True)
 class Step:
     """A model step, named for what it makes, never for who makes it: a provider adapter
@@ -91,6 +97,7 @@ class Step:
     name: str
     message: str
     percent: int  # shown when the step starts
+    kind: ModelKind = "image"
 
 
 # What each step needs and gives, in our words. Files by role (the keys of
@@ -113,9 +120,9 @@ NSFW_FILTER = Step("nsfw_filter", "Checking your photo", 0)
 ANALYZE = Step("analyze", "Finding you in the photo", 10)
 CARTOONIFY = Step("cartoonify", "Drawing your cartoon", 20)
 EXPAND = Step("expand", "Drawing the rest of you", 32)
-SEGMENT_IMAGE = Step("segment_image", "Cutting out your character", 40)
-ANIMATE = Step("animate", "Bringing it to life", 50)
-SEGMENT_VIDEO = Step("segment_video", "Tracing every frame", 75)
+SEGMENT_IMAGE = Step("segment_image", "Cutting out your character", 40, "mask")
+ANIMATE = Step("animate", "Bringing it to life", 50, "video")
+SEGMENT_VIDEO = Step("segment_video", "Tracing every frame", 75, "video")
 MODEL_STEPS: Final = (
     NSFW_FILTER,
     ANALYZE,
@@ -151,6 +158,8 @@ PICTURE_NAMES: Final = frozenset(p.name for p in PICTURES.values())
 
 # The ApplicationError type of a photo the workflow refused (NSFW, unusable).
 PHOTO_REJECTED: Final = "PhotoRejected"
+# The ApplicationError type of a generation that ran past GENERATION_TIMEOUT.
+GENERATION_TIMED_OUT: Final = "GenerationTimedOut"
 
 # --- the workflow's input and output -----------------------------------------------
 
@@ -232,6 +241,23 @@ class ModelJob:
     # The step's input files, by role: fetch checks outputs against them (a mask has its
     # image's size).
     inputs: dict[str, str] = field(default_factory=dict)
+    # The provider was asked to call our webhook when the job ends (the API then signals
+    # JOB_FINISHED_SIGNAL), so the workflow waits for that before it polls.
+    webhook: bool = False
+
+
+# The signal the API sends a generation's workflow when the provider's signed webhook
+# says one of its jobs ended (api/providers.py). It only says "look now": the workflow
+# reads the outcome from the provider itself, as it does after polling.
+JOB_FINISHED_SIGNAL: Final = "model_job_finished"
+# Where the provider delivers its webhooks, under the API's public URL.
+PROVIDER_WEBHOOK_PATH: Final = "/v1/providers/fal/webhook"
+
+
+@dataclass
+class JobFinished:
+    request_id: str
+    ok: bool  # the provider's webhook said OK (else ERROR: the poll reads the error)
 
 
 @dataclass
@@ -353,14 +379,15 @@ def failure_alert(
     run_id: str | None,
     user_id: str,
 ) -> AlertInput:
-    """The owner's alert for a generation that failed (``what``: "failed", "abandoned")."""
+    """The owner's alert for a generation that failed (``what``: "failed"; "stuck" or
+    "abandoned", which are ``stuck_generation`` alerts)."""
     return AlertInput(
         title=f"BitBuddy {what} at {step}",
         message=f"{detail}\n" + ("token refunded" if refunded else "NO REFUND: check the ledger"),
         workflow_id=workflow_id,
         run_id=run_id,
         user_id=user_id,
-        kind="stuck_generation" if what == "abandoned" else "generation_failed",
+        kind="stuck_generation" if what in ("abandoned", "stuck") else "generation_failed",
         step=step,
         error=detail,
         refunded=refunded,
@@ -387,15 +414,83 @@ SUBMIT_OPTIONS: dict[str, Any] = {
         non_retryable_error_types=NON_RETRYABLE_MODEL_ERRORS,
     ),
 }
-POLL_HEARTBEAT_TIMEOUT = timedelta(seconds=5)
-POLL_OPTIONS: dict[str, Any] = {
-    # Retry forever, but notice a dead worker within seconds; give up on a job after an hour.
-    "heartbeat_timeout": POLL_HEARTBEAT_TIMEOUT,
-    "start_to_close_timeout": timedelta(minutes=10),
-    "schedule_to_close_timeout": timedelta(hours=1),
+
+
+@dataclass(frozen=True)
+class StepTimeouts:
+    """How long one model step may take, for one kind of model."""
+
+    # After submitting with a webhook, wait this long for it before polling ourselves: a
+    # lost webhook costs at most this much latency, never the generation.
+    webhook_wait: timedelta
+    # The job's whole allowance at the provider, queue included (the poll's
+    # schedule-to-close): past it the step fails, the generation is refunded and the
+    # owner alerted as stuck. Each attempt of the poll gets ``poll_attempt``.
+    allowance: timedelta
+    poll_attempt: timedelta
+    # A poll heartbeats on every status check: a dead worker's poll resumes on another
+    # worker this soon, without resubmitting.
+    heartbeat: timedelta = timedelta(seconds=5)
+
+
+# One entry per kind of model. Hosted image models (an image edit, an outpaint) answer
+# in seconds to tens of seconds and background removal in a few seconds; a 5-second
+# image-to-video job takes minutes (fal documents its Kling pro model at "about 5
+# min"), and a video's background removal tens of seconds to minutes, depending on the
+# provider's queue. The local CPU models take well under a second for a picture and
+# about a second for a video (python -m bench.pipeline_steps). Each allowance is several
+# times the slowest we expect, so only a job that is really stuck runs out of it.
+TIMEOUTS: Final[dict[ModelKind, StepTimeouts]] = {
+    "image": StepTimeouts(
+        webhook_wait=timedelta(seconds=20),
+        allowance=timedelta(minutes=15),
+        poll_attempt=timedelta(minutes=5),
+    ),
+    "mask": StepTimeouts(
+        webhook_wait=timedelta(seconds=20),
+        allowance=timedelta(minutes=15),
+        poll_attempt=timedelta(minutes=5),
+    ),
+    "video": StepTimeouts(
+        webhook_wait=timedelta(seconds=60),
+        allowance=timedelta(minutes=30),
+        poll_attempt=timedelta(minutes=10),
+    ),
+}
+# The whole generation, from the workflow's start to its character recorded, including
+# waits for a permit, resubmissions and the transcode: past it the workflow stops its
+# provider job, refunds and alerts the owner (stuck). A workflow still running well past
+# it cannot run its own code (its workflow task keeps failing, or no worker serves its
+# queue), so the sweep terminates and settles it (activities/housekeeping.py).
+GENERATION_TIMEOUT: Final = timedelta(hours=2)
+STUCK_AFTER: Final = GENERATION_TIMEOUT + timedelta(minutes=15)
+
+
+def poll_options(kind: ModelKind) -> dict[str, Any]:
+    """The poll's options for a step of this kind: retried forever (a dead worker's poll
+    resumes within its heartbeat timeout) until the step's allowance runs out."""
+    timeouts = TIMEOUTS[kind]
+    return {
+        "heartbeat_timeout": timeouts.heartbeat,
+        "start_to_close_timeout": timeouts.poll_attempt,
+        "schedule_to_close_timeout": timeouts.allowance,
+        "retry_policy": RetryPolicy(
+            initial_interval=timedelta(milliseconds=200),
+            maximum_interval=timedelta(seconds=5),
+            maximum_attempts=0,
+            non_retryable_error_types=NON_RETRYABLE_MODEL_ERRORS,
+        ),
+    }
+
+
+# One status check of a job whose webhook is awaited; retried (the provider may be down
+# for a moment) within the step's allowance, which the workflow also watches.
+CHECK_OPTIONS: dict[str, Any] = {
+    "start_to_close_timeout": timedelta(seconds=30),
+    "schedule_to_close_timeout": timedelta(minutes=10),
     "retry_policy": RetryPolicy(
-        initial_interval=timedelta(milliseconds=200),
-        maximum_interval=timedelta(seconds=5),
+        initial_interval=timedelta(seconds=1),
+        maximum_interval=timedelta(seconds=30),
         maximum_attempts=0,
         non_retryable_error_types=NON_RETRYABLE_MODEL_ERRORS,
     ),

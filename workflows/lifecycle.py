@@ -1,6 +1,7 @@
 """Starting a generation's workflow: from the API (a new generation, a retried request)
-and from housekeeping (a generation charged but left queued when the API died); and
-cancelling it, for its owner. Client side only: the workflow itself never imports this
+and from housekeeping (a generation charged but left queued when the API died);
+cancelling it, for its owner; and telling it a provider job ended (the provider's
+webhook). Client side only: the workflow itself never imports this
 module.
 
 Starting is safe to repeat: the workflow id is the generation id, and a finished run is
@@ -23,7 +24,7 @@ from infra.database import records
 from infra.database.records import Conn
 from infra.settings import Settings
 from workflows import contract
-from workflows.contract import BitBuddyInput, RenderSpec, RetrySpec
+from workflows.contract import BitBuddyInput, JobFinished, RenderSpec, RetrySpec
 
 log = logging.getLogger("bitbuddies.lifecycle")
 
@@ -142,3 +143,18 @@ async def cancel(conn: Conn, client: Client, generation: records.Generation) -> 
         reason="cancelled by its owner; no workflow was running",
     )
     return False
+
+
+async def job_finished(client: Client, generation_id: str, request_id: str, *, ok: bool) -> bool:
+    """Signal the generation's workflow that one of its provider jobs ended. True when a
+    running workflow took the signal; False when none runs (it ended, or never started):
+    nothing waits for the job then. Raises RPCError when Temporal cannot say."""
+    try:
+        await client.get_workflow_handle(generation_id).signal(
+            contract.JOB_FINISHED_SIGNAL, JobFinished(request_id=request_id, ok=ok)
+        )
+    except RPCError as err:
+        if err.status in _NO_RUN:
+            return False
+        raise
+    return True

@@ -81,3 +81,8 @@ class AlreadyEnded(DomainError):
 class InvalidToken(DomainError):
     """An email link's token (verification, password reset) is unknown, expired or was
     used already (the three look the same)."""
+
+
+class WebhookRefused(DomainError):
+    """A provider webhook delivery that is not signed by the provider, is stale, or is
+    malformed: nothing was done with it."""

@@ -33,6 +33,7 @@ from api.services.errors import (
 )
 from api.services.photos import Upload, read_photo
 from billing import ledger
+from infra import metrics
 from infra.database import records
 from infra.database.records import Conn
 from infra.settings import Settings
@@ -142,6 +143,7 @@ class GenerationService:
             generation = await records.generation(conn, generation_id)
             assert generation is not None
             await self._start(conn, generation)
+        metrics.generation_started()
         log.info(
             "generation started",
             extra={"generation_id": generation_id, "user_id": request.user_id},

@@ -189,3 +189,12 @@ async def recent(conn: Conn, since: timedelta, *, limit: int = 50) -> list[Alert
         (since, limit),
     )
     return [_alert(row) for row in await cur.fetchall()]
+
+
+async def for_generation(conn: Conn, generation_id: UUID) -> list[Alert]:
+    """The alerts recorded about one generation, oldest first (``bitbuddies inspect``)."""
+    cur = await conn.execute(
+        f"SELECT {_COLUMNS} FROM alerts WHERE generation_id = %s ORDER BY id",
+        (generation_id,),
+    )
+    return [_alert(row) for row in await cur.fetchall()]

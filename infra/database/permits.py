@@ -5,7 +5,7 @@ connection so callers own the transaction."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from uuid import UUID
 
 from infra.database.records import Conn
@@ -141,3 +141,50 @@ async def generation_permits(conn: Conn, generation_id: UUID) -> list[HeldPermit
 async def release_permits(conn: Conn, holders: list[str]) -> int:
     cur = await conn.execute("DELETE FROM provider_permits WHERE holder = ANY(%s)", (holders,))
     return cur.rowcount
+
+
+@dataclass(frozen=True)
+class ProviderJob:
+    idempotency_key: str
+    step: str
+    app: str
+    request_id: str
+    created_at: datetime
+
+
+async def jobs_for_generation(conn: Conn, generation_id: UUID) -> list[ProviderJob]:
+    """Every provider job submitted for a generation, in the order they were recorded
+    (``bitbuddies inspect``)."""
+    cur = await conn.execute(
+        "SELECT idempotency_key, step, app, request_id, created_at FROM provider_jobs"
+        " WHERE generation_id = %s ORDER BY created_at, idempotency_key",
+        (generation_id,),
+    )
+    return [ProviderJob(**row) for row in await cur.fetchall()]
+
+
+# --- metrics (infra/metrics.py) -------------------------------------------------------
+
+
+async def in_use_by_model(conn: Conn) -> dict[str, int]:
+    """Leases that count against each model's cap (as ``held`` counts them), by limiter
+    (the model's app); a model with none is absent."""
+    cur = await conn.execute(
+        "SELECT p.limiter, count(*) AS held FROM provider_permits p"
+        " WHERE p.expires_at >= now() OR p.submitted_at IS NOT NULL"
+        " OR EXISTS (SELECT 1 FROM provider_jobs j WHERE j.idempotency_key = p.holder)"
+        " GROUP BY p.limiter"
+    )
+    return {row["limiter"]: int(row["held"]) for row in await cur.fetchall()}
+
+
+async def job_age_seconds(conn: Conn, idempotency_key: str) -> float | None:
+    """Seconds since the job submitted under a step's key was recorded (just after its
+    submit), by the database's clock; None when no job was."""
+    cur = await conn.execute(
+        "SELECT extract(epoch FROM clock_timestamp() - created_at)::float8 AS age"
+        " FROM provider_jobs WHERE idempotency_key = %s",
+        (idempotency_key,),
+    )
+    row = await cur.fetchone()
+    return float(row["age"]) if row else None

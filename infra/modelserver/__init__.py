@@ -6,9 +6,10 @@ runs against real (if simpler) models: NSFW scoring, photo analysis, cartoonify,
 person segmentation, animation and video segmentation. It runs as its own process
 (``python -m infra.modelserver``) so a crashing caller never takes a job down with it.
 
-Layout: ``server`` (HTTP), ``jobs`` (queue, pool, stats, faults, webhooks), ``files``
-(output storage), ``fetch`` (input URLs), ``media`` (image/video I/O), ``apps/`` (one
-module per model, registered in ``apps.REGISTRY``).
+Layout: ``server`` (HTTP), ``jobs`` (queue, pool, stats, faults), ``webhooks`` (signed
+webhook deliveries, as fal's), ``store`` (the job table on disk), ``files`` (output
+storage), ``fetch`` (input URLs), ``media`` (image/video I/O), ``apps/`` (one module per
+model, registered in ``apps.REGISTRY``).
 """
 
 from infra.modelserver.server import create_app

@@ -16,6 +16,11 @@ finished jobs still answer status and result. Finished jobs are forgotten after
 Finished jobs are also written to ``<data>/jobs/<id>.json`` for inspection, and
 output files stay on disk under ``<data>/files``.
 
+A job submitted with ``?fal_webhook=URL`` has its outcome POSTed there when it ends,
+signed and retried as fal does (``webhooks``); every try is kept for ``/_local/webhooks``
+(memory only, cleared by ``/_local/reset``), and a ``drop_webhook`` fault makes the
+server never deliver a job's webhook, as if every try was lost.
+
 A cancelled job never starts if it was queued; if it was running, its thread is
 abandoned (the next ``log`` call inside the app raises ``JobCancelled``) and whatever
 it produces is discarded.
@@ -55,13 +60,13 @@ from infra.modelserver.apps.base import (
 )
 from infra.modelserver.files import FileStore
 from infra.modelserver.store import JobStore, StoredJob
+from infra.modelserver.webhooks import TIMEOUT as WEBHOOK_TIMEOUT
+from infra.modelserver.webhooks import WebhookSigner, deliver, encode_body
 
 logger = logging.getLogger("infra.modelserver")
 
-WEBHOOK_ATTEMPTS = 4
-WEBHOOK_TIMEOUT = httpx.Timeout(10.0)
-WEBHOOK_BACKOFF_SECONDS = 0.5
-
+# Webhook tries kept for /_local/webhooks (the oldest are dropped past this).
+WEBHOOK_LOG_SIZE = 10_000
 CANCELLED_ERROR_TYPE = "request_cancelled"
 JOB_RETENTION_SECONDS = 6 * 3600  # finished jobs are forgotten (404) after this
 
@@ -74,8 +79,27 @@ class State(StrEnum):
 
 # error: the job fails as a model error; download_error: as an input download failure;
 # submit_500 / submit_422: the submission itself is refused (server error / validation);
-# corrupt: output files are noise; delay: the job runs ``seconds`` longer.
-FaultKind = Literal["error", "download_error", "submit_500", "submit_422", "corrupt", "delay"]
+# submit_403: refused as fal refuses an account it will not serve (ACCOUNT_LOCKED_DETAIL);
+# corrupt: output files are noise; delay: the job runs ``seconds`` longer;
+# drop_webhook: the job runs as usual but its webhook is never delivered (a lost
+# webhook: only polling learns the outcome). Each applies to the next ``times``
+# submissions to the app, with a webhook or not.
+FaultKind = Literal[
+    "error",
+    "download_error",
+    "submit_500",
+    "submit_422",
+    "submit_403",
+    "corrupt",
+    "delay",
+    "drop_webhook",
+]
+SUBMIT_FAULTS: frozenset[FaultKind] = frozenset({"submit_500", "submit_422", "submit_403"})
+# fal's answer (HTTP 403) to any request of an account it will not serve; the pipeline
+# recognises it (activities/models.py: provider_account_problem).
+ACCOUNT_LOCKED_DETAIL = (
+    "User is locked. Reason: Exhausted balance. Top up your balance at fal.ai/dashboard/billing."
+)
 
 
 class FaultSpec(BaseModel):
@@ -147,13 +171,38 @@ class AppStats:
 
 @dataclass(frozen=True)
 class Rejected:
-    """A submission refused by an injected ``submit_500`` or ``submit_422`` fault."""
+    """A submission refused by an injected ``submit_*`` fault."""
 
     request_id: str
     app: str
     arguments: dict[str, Any]
     submitted_at: float = field(default_factory=time.time)
     record_status: str = "REJECTED"
+
+
+@dataclass(frozen=True)
+class WebhookAttempt:
+    """One try at delivering a job's webhook (``/_local/webhooks``). ``attempt`` is 0 for
+    a delivery an injected ``drop_webhook`` fault dropped (never sent)."""
+
+    request_id: str
+    app: str
+    url: str
+    attempt: int
+    status_code: int | None  # the receiver's answer, None when there was none
+    error: str | None  # why there was no answer (or why it was never sent)
+    at: float = field(default_factory=time.time)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "request_id": self.request_id,
+            "app": self.app,
+            "url": self.url,
+            "attempt": self.attempt,
+            "status_code": self.status_code,
+            "error": self.error,
+            "at": _iso(self.at),
+        }
 
 
 class _NoInputs(BaseModel):
@@ -174,10 +223,12 @@ class JobManager:
         data_dir: Path,
         files: FileStore,
         workers: int,
+        signer: WebhookSigner,
         *,
         replay: bool = False,
     ) -> None:
         self.registry = registry
+        self.signer = signer
         self.replay = replay
         self._replayed: dict[str, dict[str, Any]] = {}
         self.files = files
@@ -194,10 +245,14 @@ class JobManager:
         self._records: list[Job | Rejected] = []
         self._stats: dict[str, AppStats] = {app: AppStats() for app in registry}
         self._faults: dict[str, deque[Fault]] = {app: deque() for app in registry}
+        self._webhook_log: deque[WebhookAttempt] = deque(maxlen=WEBHOOK_LOG_SIZE)
+        self._running = 0  # job threads at work (a cancelled job's until it notices)
         self._store = JobStore(data_dir / "jobs.sqlite3")
         self._generation = self._store.epoch()
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="model-job")
         self._webhooks = ThreadPoolExecutor(max_workers=2, thread_name_prefix="webhook")
+        # One connection pool for every delivery (httpx.Client is safe across threads).
+        self._webhook_client = httpx.Client(timeout=WEBHOOK_TIMEOUT)
         self._resume()
 
     # --- persistence --------------------------------------------------------------
@@ -431,16 +486,29 @@ class JobManager:
         with self._lock:
             return {app: s.as_dict() for app, s in self._stats.items()}
 
+    def load(self) -> dict[str, int]:
+        """Jobs waiting for a worker and jobs a worker is running, whenever they were
+        submitted (records and stats forget jobs submitted before a reset)."""
+        with self._lock:
+            return {"queued": len(self._queue), "running": self._running}
+
+    def webhook_attempts(self) -> list[dict[str, Any]]:
+        """Every webhook try since the last reset, oldest first."""
+        with self._lock:
+            return [a.as_dict() for a in self._webhook_log]
+
     def add_fault(self, spec: FaultSpec) -> None:
         with self._lock:
             self._faults[spec.app].append(Fault(spec.kind, spec.times, spec.seconds))
 
     def reset(self) -> None:
-        """Forget records, stats and pending faults (jobs themselves keep running)."""
+        """Forget records, stats, webhook tries and pending faults (jobs themselves keep
+        running; the webhooks of jobs submitted before are no longer logged)."""
         with self._lock:
             self._generation += 1
             self._store.set_epoch(self._generation)
             self._records.clear()
+            self._webhook_log.clear()
             self._stats = {app: AppStats() for app in self.registry}
             self._faults = {app: deque() for app in self.registry}
 
@@ -454,6 +522,7 @@ class JobManager:
                     job.cancelled = True
         self._pool.shutdown(wait=False, cancel_futures=True)
         self._webhooks.shutdown(wait=False, cancel_futures=True)
+        self._webhook_client.close()
 
     # --- running ------------------------------------------------------------------
 
@@ -477,6 +546,14 @@ class JobManager:
             job.state = State.IN_PROGRESS
             job.started_at = time.time()
             self._queue.remove(job.request_id)
+            self._running += 1
+        try:
+            self._run_started(job)
+        finally:
+            with self._lock:
+                self._running -= 1
+
+    def _run_started(self, job: Job) -> None:
         work_dir = self.work_root / job.request_id
         published: list[Path] = []
         try:
@@ -577,7 +654,10 @@ class JobManager:
                 error.error_type,
             )
         self._save_record(job)
-        if job.webhook_url:
+        if job.webhook_url and job.fault is not None and job.fault.kind == "drop_webhook":
+            logger.info("webhook for request_id=%s dropped (injected)", job.request_id)
+            self._log_webhook(job, 0, None, "dropped: injected drop_webhook fault")
+        elif job.webhook_url:
             try:
                 self._webhooks.submit(self._deliver_webhook, job)
             except RuntimeError:  # shutting down
@@ -602,9 +682,24 @@ class JobManager:
         except OSError:
             logger.warning("could not write job record %s", job.request_id, exc_info=True)
 
-    def _deliver_webhook(self, job: Job) -> None:
-        """POST the outcome to the caller's webhook; best effort, a few retries."""
+    def _log_webhook(
+        self, job: Job, attempt: int, status_code: int | None, error: str | None
+    ) -> None:
+        """Keep one webhook try for ``/_local/webhooks``, unless a reset came since the
+        job was submitted (as its records and stats)."""
         assert job.webhook_url is not None
+        with self._lock:
+            if job.generation == self._generation:
+                self._webhook_log.append(
+                    WebhookAttempt(
+                        job.request_id, job.app, job.webhook_url, attempt, status_code, error
+                    )
+                )
+
+    def _deliver_webhook(self, job: Job) -> None:
+        """POST the outcome to the caller's webhook in fal's shape, signed; a few tries."""
+        url = job.webhook_url
+        assert url is not None
         ok = job.error is None
         body = {
             "request_id": job.request_id,
@@ -613,21 +708,15 @@ class JobManager:
             "payload": job.result if ok else {"detail": job.error, "error_type": job.error_type},
             "error": None if ok else job.error,
         }
-        headers = {
-            "X-Fal-Webhook-Request-Id": job.request_id,
-            "X-Fal-Webhook-User-Id": "local",
-            "X-Fal-Webhook-Timestamp": str(int(time.time())),
-        }
-        for attempt in range(1, WEBHOOK_ATTEMPTS + 1):
-            try:
-                response = httpx.post(
-                    job.webhook_url, json=body, headers=headers, timeout=WEBHOOK_TIMEOUT
-                )
-                if response.status_code < 300:
-                    return
-                problem = f"status {response.status_code}"
-            except httpx.HTTPError as exc:
-                problem = f"{type(exc).__name__}: {exc}"
-            if attempt < WEBHOOK_ATTEMPTS:
-                time.sleep(WEBHOOK_BACKOFF_SECONDS * 2 ** (attempt - 1))
-        logger.warning("webhook for request_id=%s gave up: %s", job.request_id, problem)
+
+        def observe(attempt: int, status_code: int | None, error: str | None) -> None:
+            self._log_webhook(job, attempt, status_code, error)
+
+        deliver(
+            url,
+            job.request_id,
+            encode_body(body),
+            self.signer,
+            observe,
+            client=self._webhook_client,
+        )

@@ -8,6 +8,17 @@ the returned ``status_url``/``response_url``/``cancel_url`` as given.
 
 Any ``Authorization`` header is accepted and none is required.
 
+Webhooks (``?fal_webhook=URL`` on submit) are signed as fal signs them
+(``webhooks.py``), with the key whose public half ``GET /.well-known/jwks.json`` serves
+in fal's JWKS shape (fal serves it at ``https://rest.alpha.fal.ai/.well-known/jwks.json``).
+``GET /_local/load`` says how many jobs wait for a worker and how many run, whenever they
+were submitted: ``{queued, running}`` (``/_local/requests`` and ``/_local/stats`` cover
+only the jobs submitted since the last reset).
+
+``GET /_local/webhooks`` lists every delivery try since the last reset: ``[{request_id,
+app, url, attempt, status_code, error, at}]`` (``attempt`` 0: dropped by a
+``drop_webhook`` fault, never sent).
+
 ``POST /_local/stall`` makes the queue protocol stall for a while, as a provider that
 accepts connections but answers nothing: every submit, status, result and cancel request
 is held until the stall ends (``{"seconds": 0}`` ends it now, so does ``/_local/reset``).
@@ -33,7 +44,15 @@ from pydantic import BaseModel, Field, ValidationError
 from infra.modelserver.apps import REGISTRY
 from infra.modelserver.apps.base import AppSpec
 from infra.modelserver.files import FileStore
-from infra.modelserver.jobs import FaultSpec, Job, JobManager, State
+from infra.modelserver.jobs import (
+    ACCOUNT_LOCKED_DETAIL,
+    SUBMIT_FAULTS,
+    FaultSpec,
+    Job,
+    JobManager,
+    State,
+)
+from infra.modelserver.webhooks import KEY_FILE, WebhookSigner
 
 logger = logging.getLogger("infra.modelserver")
 
@@ -120,7 +139,8 @@ def create_app(
     """The model server as an ASGI app (uvicorn runs it; tests may too)."""
     public = public_url.rstrip("/")
     files = FileStore(data_dir / "files", public)
-    manager = JobManager(REGISTRY, data_dir, files, workers, replay=replay)
+    signer = WebhookSigner.load_or_create(data_dir / KEY_FILE)
+    manager = JobManager(REGISTRY, data_dir, files, workers, signer, replay=replay)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -145,11 +165,23 @@ def create_app(
     async def healthz() -> dict[str, bool]:
         return {"ok": True}
 
+    @app.get("/.well-known/jwks.json")
+    async def jwks() -> dict[str, list[dict[str, str]]]:
+        return signer.jwks()
+
     # --- local test hooks (registered before the catch-all app routes) -------------
 
     @app.get("/_local/requests")
     async def local_requests(manager: ManagerDep) -> list[dict[str, Any]]:
         return manager.records()
+
+    @app.get("/_local/load")
+    async def local_load(manager: ManagerDep) -> dict[str, int]:
+        return manager.load()
+
+    @app.get("/_local/webhooks")
+    async def local_webhooks(manager: ManagerDep) -> list[dict[str, Any]]:
+        return manager.webhook_attempts()
 
     @app.get("/_local/stats")
     async def local_stats(manager: ManagerDep) -> dict[str, dict[str, int]]:
@@ -215,16 +247,18 @@ def create_app(
         except ValidationError as exc:
             return _error(422, json.loads(exc.json(include_url=False)))
         fault = manager.take_fault(app_id)
-        if fault is not None and fault.kind == "submit_500":
+        if fault is not None and fault.kind in SUBMIT_FAULTS:
             manager.reject(app_id, arguments)
-            logger.info("rejected app=%s (injected submit_500)", app_id)
+            logger.info("rejected app=%s (injected %s)", app_id, fault.kind)
+        if fault is not None and fault.kind == "submit_500":
             return _error(500, "Internal server error (injected)", "internal_error")
         if fault is not None and fault.kind == "submit_422":
-            manager.reject(app_id, arguments)
-            logger.info("rejected app=%s (injected submit_422)", app_id)
             return _error(
                 422, [{"type": "value_error", "loc": ["body"], "msg": "Rejected (injected)"}]
             )
+        if fault is not None and fault.kind == "submit_403":
+            # As fal answers every request of a locked or exhausted account.
+            return _error(403, ACCOUNT_LOCKED_DETAIL)
         job = manager.submit(app_id, arguments, inputs, fal_webhook, fault)
         body = {
             "request_id": job.request_id,

@@ -64,6 +64,8 @@ PUBLIC_ROUTES: dict[tuple[str, str], str] = {
     ("POST", "/v1/auth/password-reset/confirm"): "the emailed link's token is the credential",
     ("GET", "/v1/shared/{slug}"): "a character its owner chose to share, for its share page",
     ("GET", "/v1/shared/{slug}/{fmt}"): "that shared character's files, for its share page",
+    ("POST", "/v1/providers/fal/webhook"): "the model provider calls it; the delivery's Ed25519"
+    " signature is the credential (forgeries: tests/e2e/test_provider_webhooks.py)",
 }
 # What a shared character's public view may show on purpose, by the label of the
 # identifier (see ``Victim.secrets``). Today it shows the animation and its size alone,
@@ -82,6 +84,8 @@ UNDOCUMENTED_PUBLIC: dict[str, str] = {
     "/generations/{generation_id}": "the web app's shell (app.js reads the id)",
     "/characters/{character_id}": "the web app's shell (app.js reads the id)",
     "/s/{slug}": "the share page's shell, the same whatever the slug (share.js asks the API)",
+    "/metrics": "Prometheus metrics: counts by step and error code, nobody's ids (locally open"
+    " to loopback; a token, or 404, in production: tests/infra/test_metrics.py)",
 }
 MUST_ANSWER = frozenset({"/openapi.json", "/docs", "/redoc"})
 # Routes guarded by a signature in the URL rather than by who asks: a signed URL is a
@@ -105,6 +109,7 @@ QUERY_VALUES: dict[str, str] = {
     "expires": str(int(time.time()) + 3600),
     "sig": FORGED_SIGNATURE,
     "after": "1",
+    "generation_id": str(uuid.uuid4()),  # the provider webhook's: names nothing of A's
 }
 HEADER_VALUES: dict[str, str] = {
     "last-event-id": "1",

@@ -21,13 +21,14 @@ from temporalio.worker import UnsandboxedWorkflowRunner, Worker
 from activities.providers.local import APPS
 from infra.alerts import failed_workflows_link
 from infra.settings import Settings
-from tests.conftest import Stack, insert_generation
+from tests.conftest import TEST_ENV, Stack, insert_generation, ledger_kinds
 from tests.support import pushover as pushover_stub
 from tests.support.client import signup
-from tests.support.faults import finished, start_generations, wait_until
+from tests.support.faults import finished, provider_requests, start_generations, wait_until
 from tests.support.paths import FIXTURES
 from tests.support.photos import photo
 from tests.support.pushover import Message, Pushover
+from tests.support.steps import model_steps
 from workflows import contract
 
 Pool = AsyncConnectionPool  # type: ignore[type-arg]
@@ -284,3 +285,62 @@ async def test_a_refund_that_failed_is_an_emergency(
     assert message["url"] == _link(stack, generation_id, handle.result_run_id or "")
     [row] = await _rows(db, [generation_id])
     assert (row["kind"], row["priority"]) == ("refund_failed", 2)
+
+
+async def test_a_provider_refusing_our_account_alerts_the_owner_and_refunds(
+    stack: Stack,
+    http: httpx.AsyncClient,
+    db: Pool,
+    models: httpx.AsyncClient,
+    pushover: Pushover,
+    fresh_alerts: None,
+) -> None:
+    """fal answers 403 "User is locked ... Exhausted balance" to the first model step's
+    submit (the model server's submit_403 fault): the generation fails refunded, and the
+    owner hears of the account problem at high priority, beside the failure itself."""
+    first = model_steps(expand=False)[0]
+    await _fault(models, first.name, "submit_403")
+    user = await signup(http)
+    response = await user.generate(photo("astronaut.png"))
+    assert response.status_code == 202, response.text
+    generation_id = response.json()["id"]
+    events = await user.events(generation_id)
+    assert events[-1].event == "failed" and events[-1].data["refunded"] is True
+    assert await ledger_kinds(db, generation_id) == ["charge", "refund"]
+    assert await user.balance() == int(TEST_ENV["BITBUDDIES_SIGNUP_TOKENS"])
+    # One submission, refused by the provider, and never sent again.
+    submitted = [
+        (r["app"], r["status"])
+        for r in await provider_requests(models)
+        if generation_id in str(r["arguments"])
+    ]
+    assert submitted == [(APPS[first.name], "REJECTED")]
+
+    # The generation's own alert comes last (after the settle), the outage's before it.
+    [failure] = await pushover.wait_for(
+        lambda m: generation_id in m["message"] and m["priority"] == "0"
+    )
+    assert failure["title"] == f"BitBuddy failed at {first.name}"
+    [outage] = pushover.messages(lambda m: generation_id in m["message"] and m["priority"] == "1")
+    assert outage["title"] == "Model provider refuses our account: balance_exhausted"
+    assert outage["message"].splitlines()[0] == "the model provider is failing"
+    lines = _lines(outage)
+    assert (lines["user"], lines["generation"], lines["step"]) == (
+        user.id,
+        generation_id,
+        first.name,
+    )
+    assert lines["error"].startswith("balance_exhausted: ")
+    assert "User is locked. Reason: Exhausted balance." in lines["error"]
+    assert outage["url"].startswith(f"{stack.cfg.temporal_ui_url}/namespaces/default/workflows/")
+    assert generation_id in outage["url"]
+
+    rows = await _rows(db, [generation_id])
+    assert [(r["kind"], r["priority"], r["delivery"], r["step"]) for r in rows] == [
+        ("provider_outage", 1, "sent", first.name),
+        ("generation_failed", 0, "sent", first.name),
+    ]
+    assert rows[0]["error_class"] == "balance_exhausted"
+    assert rows[1]["refunded"] is True
+    await asyncio.sleep(2)
+    assert len(pushover.about(generation_id)) == 2  # nothing else, nothing twice

@@ -5,6 +5,9 @@ The model server stands in for the provider; its ``max_in_flight`` per app count
 from its submission until its result is fetched, it fails or it is cancelled (a superset
 of the time it is queued or running), so "never more than the cap" is checked over the
 whole run, not only at the moments the test samples.
+
+It counts every animate submission and every permit, whoever's, so it starts only once
+earlier tests' work is over (``_wait_for_earlier_work``).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from datetime import timedelta
 
 import httpx
 from psycopg_pool import AsyncConnectionPool
+from temporalio.client import Client
 
 from activities.permits import get_globally_cached_semaphore
 from activities.providers.local import APPS
@@ -57,6 +61,48 @@ def _start_worker(stack: Stack, lease_seconds: float) -> None:
     stack.worker = worker
 
 
+async def _wait_for_earlier_work(
+    stack: Stack,
+    db: AsyncConnectionPool,  # type: ignore[type-arg]
+    models: httpx.AsyncClient,
+    timeout: float = 300.0,
+) -> None:
+    """Wait until no generation of an earlier test still runs, no job is queued or running
+    at the model server and no provider permit is held.
+
+    Earlier tests may leave generations running (many check only the 202) and model jobs
+    going (a job of a terminated workflow runs out its injected delay). Such work would
+    race this test: its animate jobs, submitted before the gate is shut, would be counted
+    as having passed it; after, they would compete for the permits and for the delay
+    faults meant for this test's jobs, and occupy the model server's two workers.
+    """
+    temporal = await Client.connect(stack.cfg.temporal_address)
+    running = f'WorkflowType="{contract.WORKFLOW_NAME}" AND ExecutionStatus="Running"'
+
+    async def load() -> dict[str, int]:
+        response = await models.get("/_local/load")
+        response.raise_for_status()
+        counts: dict[str, int] = response.json()
+        return counts
+
+    async def quiet() -> bool:
+        return (
+            (await temporal.count_workflows(running)).count == 0
+            and await load() == {"queued": 0, "running": 0}
+            and await permits_held(db) == 0
+        )
+
+    deadline = time.monotonic() + timeout
+    while not await quiet():
+        if time.monotonic() > deadline:
+            workflows = [w.id async for w in temporal.list_workflows(running)]
+            raise AssertionError(
+                f"earlier tests' work still going after {timeout:.0f} s: BitBuddy workflows"
+                f" {workflows}, model server {await load()}, permits {await permits_held(db)}"
+            )
+        await asyncio.sleep(0.5)
+
+
 async def _sample_in_flight(models: httpx.AsyncClient, peaks: Counter[str]) -> None:
     """Record the most jobs each app ever reported in flight, until cancelled."""
     while True:
@@ -72,7 +118,10 @@ async def test_a_lease_outlived_by_its_queued_job_is_not_handed_to_another_job(
     db: AsyncConnectionPool,  # type: ignore[type-arg]
     models: httpx.AsyncClient,
 ) -> None:
+    await _wait_for_earlier_work(stack, db, models)
     _start_worker(stack, LEASE_SECONDS)
+    # Records, stats and faults from here on (the fixture's reset came before the wait).
+    (await models.post("/_local/reset")).raise_for_status()
     peaks: Counter[str] = Counter()
     sampler = asyncio.create_task(_sample_in_flight(models, peaks))
     # The test holds every animate permit until all CAP + 1 generations wait for one. The

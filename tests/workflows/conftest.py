@@ -70,7 +70,7 @@ class Workers:
 
 @contextlib.asynccontextmanager
 async def _running(env: WorkflowEnvironment) -> AsyncIterator[Workers]:
-    registry = Registry()
+    registry = Registry(env.client)
     running = Workers(env, registry)
     # A cancellation reaches an activity with the answer to a heartbeat, which the worker
     # sends at most every 0.8 x heartbeat timeout (8 s for submit): send them at once.

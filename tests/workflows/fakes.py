@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from temporalio import activity
+from temporalio.client import Client
 from temporalio.exceptions import ApplicationError
 
 from activities.model_errors import MODEL_JOB_FAILED, MODEL_JOB_LOST
@@ -23,6 +24,7 @@ from workflows.contract import (
     AlertInput,
     CharacterAssets,
     CompleteInput,
+    JobFinished,
     ModelJob,
     ModelOutput,
     ModelStepInput,
@@ -103,6 +105,15 @@ class Fakes:
     # cancelled, "<activity>:<step> done" when one returns: in the order they happened
     log: list[str] = field(default_factory=list)
     _request_ids: itertools.count[int] = field(default_factory=itertools.count)
+    # Whether submit asks the provider for a webhook, and what becomes of it: None (not
+    # asked: the workflow polls), "ok" (the webhook signals the workflow while
+    # submit is still answering, as a fast job's does; ERROR for ``webhook_errors``),
+    # "lost" (never comes).
+    webhook: str | None = None
+    webhook_errors: set[str] = field(default_factory=set)  # steps whose webhook says ERROR
+    webhook_lost: set[str] = field(default_factory=set)  # steps whose webhook never comes
+    # What each check of a step answers in turn (True: the job ended well); True after.
+    checks: dict[str, list[bool]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.outputs = {**default_outputs(self.generation_id), **self.outputs}
@@ -182,8 +193,9 @@ class Fakes:
 class Registry:
     """The fake activities the workers run: each call goes to its workflow's ``Fakes``."""
 
-    def __init__(self) -> None:
+    def __init__(self, client: Client) -> None:
         self.by_workflow: dict[str, Fakes] = {}
+        self.client = client  # signals a workflow as the API does for a webhook
 
     def add(self, workflow_id: str, fakes: Fakes) -> Fakes:
         self.by_workflow[workflow_id] = fakes
@@ -196,21 +208,35 @@ class Registry:
     async def submit_model_job(self, step: ModelStepInput) -> ModelJob:
         fakes = self._fakes()
         await fakes.run(contract.SUBMIT_MODEL_JOB, step, step.step)
+        request_id = fakes.new_request_id(step.step)
+        if fakes.webhook == "ok" and step.step not in fakes.webhook_lost:
+            await self.client.get_workflow_handle(step.generation_id).signal(
+                contract.JOB_FINISHED_SIGNAL,
+                JobFinished(request_id=request_id, ok=step.step not in fakes.webhook_errors),
+            )
         return ModelJob(
             generation_id=step.generation_id,
             user_id=step.user_id,
             step=step.step,
             app=f"fake/{step.step}",
-            request_id=fakes.new_request_id(step.step),
+            request_id=request_id,
             idempotency_key=step.idempotency_key,
             message=step.message,
             percent=step.percent,
             attempt=step.attempt,
+            webhook=fakes.webhook is not None,
         )
 
     @activity.defn(name=contract.POLL_MODEL_JOB)
     async def poll_model_job(self, job: ModelJob) -> None:
         await self._fakes().run(contract.POLL_MODEL_JOB, job, job.step)
+
+    @activity.defn(name=contract.CHECK_MODEL_JOB)
+    async def check_model_job(self, job: ModelJob) -> bool:
+        fakes = self._fakes()
+        await fakes.run(contract.CHECK_MODEL_JOB, job, job.step)
+        answers = fakes.checks.get(job.step)
+        return answers.pop(0) if answers else True
 
     @activity.defn(name=contract.FETCH_MODEL_RESULT)
     async def fetch_model_result(self, job: ModelJob) -> ModelOutput:
@@ -252,6 +278,7 @@ class Registry:
         return [
             self.submit_model_job,
             self.poll_model_job,
+            self.check_model_job,
             self.fetch_model_result,
             self.release_model_job,
             self.complete_generation,

@@ -55,9 +55,10 @@ def scrubbed(text: str) -> str:
     return text
 
 
-SCENARIOS = ("completed", "nsfw_refused", "cancelled", "transient_resubmit")
+SCENARIOS = ("completed", "nsfw_refused", "cancelled", "transient_resubmit", "webhook_lost")
 ANIMATE = APPS[contract.ANIMATE.name]
 ANALYZE = APPS[contract.ANALYZE.name]
+SEGMENT_IMAGE = APPS[contract.SEGMENT_IMAGE.name]
 
 
 async def _wait_for(predicate: Callable[[], Awaitable[bool]], timeout: float = 120.0) -> None:
@@ -130,11 +131,23 @@ async def transient_resubmit(
     return generation_id
 
 
+async def webhook_lost(http: httpx.AsyncClient, models: httpx.AsyncClient, temporal: Client) -> str:
+    # As tests/e2e/test_provider_webhooks.py: one job's webhook never comes, so the
+    # workflow checks the job itself after the period.
+    await _fault(models, SEGMENT_IMAGE, "drop_webhook", times=1)
+    user = await signup(http)
+    generation_id = str((await user.generate(photo("astronaut.png"))).json()["id"])
+    events = await _run(user, generation_id)
+    assert events[-1].event == "completed", events[-1]
+    return generation_id
+
+
 RECORDERS = {
     "completed": completed,
     "nsfw_refused": nsfw_refused,
     "cancelled": cancelled,
     "transient_resubmit": transient_resubmit,
+    "webhook_lost": webhook_lost,
 }
 
 

@@ -25,7 +25,13 @@ from tests.support.steps import step_names
 from tests.workflows.conftest import Workers
 from tests.workflows.fakes import Fakes, job_failed, job_lost
 from workflows import contract
-from workflows.bitbuddy import SETTLE_PATCH, TRANSIENT_RESUBMIT_PATCH, BitBuddyWorkflow
+from workflows.bitbuddy import (
+    DEADLINE_PATCH,
+    SETTLE_PATCH,
+    TRANSIENT_RESUBMIT_PATCH,
+    WEBHOOK_PATCH,
+    BitBuddyWorkflow,
+)
 from workflows.contract import (
     MODEL_STEPS,
     POLL_MODEL_JOB,
@@ -114,7 +120,7 @@ async def markers(handle: WorkflowHandle[Any, Any]) -> list[str]:
 
 async def patches(handle: WorkflowHandle[Any, Any]) -> list[str]:
     """The workflow's patches its history marks, in the order they were first consulted."""
-    known = (TRANSIENT_RESUBMIT_PATCH, SETTLE_PATCH)
+    known = (DEADLINE_PATCH, TRANSIENT_RESUBMIT_PATCH, SETTLE_PATCH, WEBHOOK_PATCH)
     return [p for m in await markers(handle) for p in known if p in m]
 
 
@@ -211,9 +217,10 @@ async def test_a_generation_runs_every_step_in_order_and_completes(workers: Work
 
     status = await handle.query(BitBuddyWorkflow.status)
     assert (status.step, status.percent) == ("completed", 100)
-    # No transient failure: the patch is never consulted, so no marker is written, and
-    # this history is what the code before the patch recorded.
-    assert await markers(handle) == []
+    # No transient failure, no webhook: only the deadline's patch is consulted (at the
+    # start), so past it this history is what the code before those patches recorded.
+    assert await patches(handle) == [DEADLINE_PATCH]
+    assert len(await markers(handle)) == 1
 
 
 async def test_a_photo_cut_off_at_the_waist_gets_a_second_pass_and_uses_its_image(
@@ -356,7 +363,7 @@ async def test_a_model_step_that_fails_permanently_fails_refunds_once_and_alerts
     assert (alert.workflow_id, alert.run_id) == (fakes.generation_id, handle.result_run_id)
     assert alert.user_id == fakes.of(SUBMIT)[0].user_id
     # No transient failure: that patch is never consulted; the settle's is.
-    assert await patches(handle) == [SETTLE_PATCH]
+    assert await patches(handle) == [DEADLINE_PATCH, SETTLE_PATCH]
 
 
 async def test_a_request_the_provider_refuses_at_submit_is_released_by_its_key(
@@ -411,9 +418,8 @@ async def test_a_lost_job_is_resubmitted_under_a_new_key_and_the_generation_comp
     ]
     assert not fakes.of(SETTLE) and not fakes.of(ALERT)
     assert len(fakes.of(COMPLETE)) == 1
-    assert await timers(handle) == [timedelta(seconds=600)]
-    [marker] = await markers(handle)
-    assert TRANSIENT_RESUBMIT_PATCH in marker
+    assert await timers(handle) == [contract.GENERATION_TIMEOUT, timedelta(seconds=600)]
+    assert await patches(handle) == [DEADLINE_PATCH, TRANSIENT_RESUBMIT_PATCH]
 
 
 @pytest.mark.parametrize(
@@ -481,7 +487,11 @@ async def test_a_step_that_keeps_failing_transiently_fails_after_the_last_resubm
     # each attempt's job released once, under its own key
     assert [r.idempotency_key for r in fakes.of(RELEASE)] == [s.idempotency_key for s in submits]
     # the backoff doubles: 5 s, then 10 s
-    assert await timers(handle) == [timedelta(seconds=5), timedelta(seconds=10)]
+    assert await timers(handle) == [
+        contract.GENERATION_TIMEOUT,
+        timedelta(seconds=5),
+        timedelta(seconds=10),
+    ]
     assert_refunded_once(fakes, "internal at cartoonify: ")
     [fail] = fakes.of(SETTLE)
     assert (fail.error_code, fail.step, fail.status) == ("internal", "cartoonify", "failed")
@@ -498,7 +508,10 @@ async def test_with_no_resubmits_allowed_a_transient_failure_fails_at_once(
     await failure(handle)
     assert fakes.model_steps() == ["nsfw_filter", "analyze"]
     assert [f.error_code for f in fakes.of(SETTLE)] == ["internal"]
-    assert await timers(handle) == [] and await patches(handle) == [SETTLE_PATCH]
+    assert await timers(handle) == [contract.GENERATION_TIMEOUT] and await patches(handle) == [
+        DEADLINE_PATCH,
+        SETTLE_PATCH,
+    ]
 
 
 # --- cancellation ----------------------------------------------------------------------
@@ -664,7 +677,7 @@ async def test_a_cancellation_during_the_settle_still_records_the_refusal(
     await outcome(handle)
 
     assert [f.error_code for f in fakes.of(SETTLE)] == ["nsfw"]
-    assert await patches(handle) == [SETTLE_PATCH]
+    assert await patches(handle) == [DEADLINE_PATCH, SETTLE_PATCH]
 
 
 # --- a bug in the workflow's own code ------------------------------------------------

@@ -21,7 +21,13 @@ from temporalio.client import WorkflowHistory
 from temporalio.worker import Replayer
 
 from workflows import contract
-from workflows.bitbuddy import SETTLE_PATCH, TRANSIENT_RESUBMIT_PATCH, BitBuddyWorkflow
+from workflows.bitbuddy import (
+    DEADLINE_PATCH,
+    SETTLE_PATCH,
+    TRANSIENT_RESUBMIT_PATCH,
+    WEBHOOK_PATCH,
+    BitBuddyWorkflow,
+)
 
 HISTORIES = Path(__file__).parent / "histories"
 FILES = sorted(HISTORIES.glob("*.json"))
@@ -31,6 +37,7 @@ ENDINGS = {
     "nsfw_refused": EventType.EVENT_TYPE_WORKFLOW_EXECUTION_FAILED,
     "cancelled": EventType.EVENT_TYPE_WORKFLOW_EXECUTION_CANCELED,
     "transient_resubmit": EventType.EVENT_TYPE_WORKFLOW_EXECUTION_COMPLETED,
+    "webhook_lost": EventType.EVENT_TYPE_WORKFLOW_EXECUTION_COMPLETED,
 }
 
 
@@ -65,6 +72,13 @@ def test_every_scenario_has_a_recorded_history_of_the_current_code() -> None:
     for stem in ("nsfw_refused", "cancelled"):
         markers = _markers(load(HISTORIES / f"{stem}.json"))
         assert any(SETTLE_PATCH in m for m in markers), stem
+    # Every current one by code with the generation's deadline and webhooks.
+    for stem in ENDINGS:
+        markers = _markers(load(HISTORIES / f"{stem}.json"))
+        assert any(DEADLINE_PATCH in m for m in markers), stem
+        assert any(WEBHOOK_PATCH in m for m in markers), stem
+    lost = load(HISTORIES / "webhook_lost.json")
+    assert contract.CHECK_MODEL_JOB in str(lost.events), "no check of a job recorded"
 
 
 @pytest.mark.parametrize("path", FILES, ids=[p.stem for p in FILES])

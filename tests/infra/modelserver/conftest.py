@@ -28,8 +28,10 @@ def model_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ModelServ
         stop(proc)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture
 def fal(model_server: ModelServer) -> fal_client.AsyncClient:
+    """Made for each test: fal_client's hosts are process-wide, and a test that starts a
+    server of its own (test_modelserver_restart.py) leaves them pointing at it."""
     return make_fal_client(fal_key=None, model_server_url=model_server.url)
 
 

@@ -11,6 +11,7 @@ import httpx
 import pytest
 from PIL import Image, UnidentifiedImageError
 
+from activities.models import provider_account_problem
 from activities.providers.local import APPS
 from tests.infra.modelserver.ms_helpers import SIZE, add_fault, download, wait_for
 from workflows import contract
@@ -131,3 +132,21 @@ async def test_a_stall_holds_protocol_requests_until_it_ends(
     handle = await asyncio.wait_for(submit, 10)  # released at once, not after 60 s
     await wait_for(handle, fal_client.Completed)
     assert (await clean.get("/_local/stall")).json() == {"remaining": 0.0, "waiting": 0}
+
+
+async def test_submit_403_refuses_as_fal_refuses_a_locked_account(
+    fal: fal_client.AsyncClient, clean: httpx.AsyncClient, astronaut_uri: str
+) -> None:
+    await add_fault(clean, NSFW, "submit_403")
+    with pytest.raises(fal_client.FalClientHTTPError) as err:
+        await fal.submit(NSFW, {"image_url": astronaut_uri})
+    assert err.value.status_code == 403
+    assert str(err.value) == (
+        "User is locked. Reason: Exhausted balance. Top up your balance at"
+        " fal.ai/dashboard/billing."
+    )
+    assert provider_account_problem(err.value) == "balance_exhausted"  # what the pipeline sees
+    records = (await clean.get("/_local/requests")).json()
+    assert [(r["app"], r["status"]) for r in records] == [(NSFW, "REJECTED")]
+    assert (await clean.get("/_local/stats")).json()[NSFW]["submitted"] == 0
+    assert "nsfw_probability" in await fal.subscribe(NSFW, {"image_url": astronaut_uri})

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -278,3 +279,24 @@ async def test_webhook_receives_results_and_errors(
     assert by_id[bad.request_id]["status"] == "ERROR"
     assert by_id[bad.request_id]["error"] == "injected failure"
     assert by_id[bad.request_id]["gateway_request_id"] == bad.request_id
+
+
+async def test_load_counts_every_job_waiting_or_running_even_after_a_reset(
+    fal: fal_client.AsyncClient, clean: httpx.AsyncClient, astronaut_uri: str
+) -> None:
+    assert (await clean.get("/_local/load")).json() == {"queued": 0, "running": 0}
+    await add_fault(clean, NSFW, "delay", times=3, seconds=1.5)
+    handles = [await fal.submit(NSFW, {"image_url": astronaut_uri}) for _ in range(3)]
+    for handle in handles[:2]:  # two workers
+        await wait_for(handle, fal_client.InProgress)
+    (await clean.post("/_local/reset")).raise_for_status()  # records forget them...
+    assert (await clean.get("/_local/requests")).json() == []
+    # ...the load does not.
+    assert (await clean.get("/_local/load")).json() == {"queued": 1, "running": 2}
+    for handle in handles:
+        await handle.get(interval=0.05)
+    # A job's thread lets go a moment after its status says COMPLETED.
+    deadline = time.monotonic() + 5
+    while (load := (await clean.get("/_local/load")).json()) != {"queued": 0, "running": 0}:
+        assert time.monotonic() < deadline, load
+        await asyncio.sleep(0.02)
