@@ -38,6 +38,7 @@ bench: $(STAMP)  ## print every benchmark beside its baseline (each starts its o
 	$(BIN)/python -m bench.pipeline_steps
 	$(BIN)/python -m bench.sse_fanout
 	$(BIN)/python -m bench.burst_starts
+	$(BIN)/python -m bench.ledger_charges
 
 lint: $(STAMP)
 	$(BIN)/ruff check --fix .

@@ -17,10 +17,12 @@ from redis.asyncio import BlockingConnectionPool, Redis
 
 from api import (
     accounts,
+    billing,
     characters,
     files,
     generations,
     health,
+    ledger,
     metrics,
     providers,
     shared,
@@ -39,9 +41,11 @@ from api.middleware import (
 )
 from api.pages import install_pages
 from api.services.accounts import AccountService
+from api.services.billing import BillingService
 from api.services.generations import GenerationService
 from api.services.passwords import Passwords
 from api.services.providers import ProviderWebhookService
+from billing.payments import stripe_client
 from infra.database import open_pool
 from infra.falwebhooks import JwksCache
 from infra.logging import configure_logging
@@ -104,6 +108,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.generations = GenerationService(
             app.state.db, app.state.storage, app.state.temporal, settings
         )
+        app.state.billing = BillingService(app.state.db, settings, stripe_client(settings))
         app.state.http = httpx.AsyncClient(timeout=JWKS_FETCH_SECONDS)
         app.state.provider_webhooks = ProviderWebhookService(
             app.state.db,
@@ -147,9 +152,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         generations,
         streams,
         characters,
+        ledger,
         shared,
         files,
         providers,
+        billing,
         metrics,
     ):
         app.include_router(module.router)

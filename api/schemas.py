@@ -197,3 +197,51 @@ class SharedCharacter(BaseModel):
 
 class CharacterList(BaseModel):
     characters: list[CharacterPublic]
+
+
+class PackPublic(BaseModel):
+    id: str
+    name: str
+    tokens: int
+    price: int = Field(description="In the currency's minor units (cents)")
+    currency: str = Field(description="ISO 4217, lower case (eur)")
+
+
+class PackList(BaseModel):
+    packs: list[PackPublic]
+
+
+class CheckoutCreate(BaseModel):
+    pack: str = Field(max_length=40, description="A pack's id from GET /v1/billing/packs")
+
+
+class CheckoutCreated(BaseModel):
+    url: str = Field(description="Stripe's hosted payment page: send the buyer there")
+
+
+class StripeWebhookReceived(BaseModel):
+    duplicate: bool = Field(description="True for a repeat of an event already acted on")
+
+
+class LedgerEntryPublic(BaseModel):
+    """One movement of tokens on your account."""
+
+    id: int
+    kind: str = Field(
+        description="purchase, signup_grant, admin_grant (from us, with its reason), grant,"
+        " charge or refund; more kinds may come"
+    )
+    delta: int = Field(description="Tokens added (positive) or taken (negative)")
+    created_at: datetime
+    generation_id: UUID | None = Field(description="The generation a charge or refund is for")
+    reason: str | None = Field(
+        description="What it was, in words: the reason we gave for a grant of ours, else a"
+        " description of its kind"
+    )
+
+
+class LedgerPage(BaseModel):
+    entries: list[LedgerEntryPublic] = Field(description="Newest first")
+    next_before: int | None = Field(
+        description="Send as ?before= for the next page; null when this is the last"
+    )

@@ -8,9 +8,17 @@ reads them: infra/settings.py) and returns the exit status. ``COMMANDS`` registe
                                                   timeline (infra/inspect.py) and the Temporal
                                                   UI link, its ledger entries, provider jobs
                                                   and owner alerts
+    bitbuddies grant EMAIL TOKENS --reason TEXT [--key KEY]
+                                                  an owner's grant, once per key (one is
+                                                  made and printed when none is given)
+    bitbuddies ledger EMAIL [--limit 50]          a user's balance and entries, newest first
+    bitbuddies check-ledger                       the ledger's invariant; each violation
 
 ``inspect`` exits 1 for an id no generation has, or when Temporal could not be read (what
 the database holds is printed all the same), and 2 for an id that is not a UUID.
+``grant`` and ``ledger`` exit 1 for an email no account has (``grant`` also for a key that
+granted another amount or to another user); ``check-ledger`` exits 1 when the invariant
+is broken (``billing.ledger.check_invariant``), printing each violation.
 """
 
 from __future__ import annotations
@@ -19,6 +27,7 @@ import argparse
 import asyncio
 import os
 import re
+import secrets
 import sys
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
@@ -307,6 +316,114 @@ def _print_alerts(alerts: list[alerts_repo.Alert]) -> None:
         print(f"      {alert.link or '-'}")
 
 
+# --- the ledger: grants, a user's statement, the invariant --------------------------
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive whole number")
+    return value
+
+
+def _grant_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("email", metavar="EMAIL", help="the account's email")
+    parser.add_argument("tokens", metavar="TOKENS", type=_positive, help="how many to add")
+    parser.add_argument("--reason", required=True, help="why (the user sees it in their ledger)")
+    parser.add_argument(
+        "--key",
+        help="makes the command safe to repeat: a repeat with the same key grants nothing"
+        " more (one is made, and printed, when none is given)",
+    )
+
+
+async def _connect(settings: Settings) -> psycopg.AsyncConnection[dict[str, Any]]:
+    return await psycopg.AsyncConnection.connect(
+        settings.database_url, autocommit=True, row_factory=dict_row
+    )
+
+
+async def _grant(args: argparse.Namespace, settings: Settings) -> int:
+    key: str = args.key or f"cli-{secrets.token_hex(8)}"
+    if not args.key:
+        # Printed before anything is written: if this command dies, the owner repeats it
+        # with this key and it grants at most once.
+        print(f"key {key}  (repeat with --key {key}: it grants once)", flush=True)
+    async with await _connect(settings) as conn:
+        user = await records.user_by_email(conn, args.email)
+        if user is None:
+            print(f"no account with the email {args.email!r}", file=sys.stderr)
+            return 1
+        try:
+            async with conn.transaction():
+                granted = await ledger.admin_grant(
+                    conn, user.id, args.tokens, key=key, reason=args.reason
+                )
+        except ledger.LedgerError as err:
+            print(f"not granted: {err}", file=sys.stderr)
+            return 1
+        balance = await ledger.balance(conn, user.id)
+    entry = granted.entry
+    if granted.made:
+        print(f"granted {entry.delta:+d} to {user.email} ({user.id}): entry #{entry.id}")
+    else:
+        print(
+            f"already granted under key {key}: entry #{entry.id}, {entry.delta:+d} to"
+            f" {user.email} at {_when(entry.created_at)}; nothing more granted"
+        )
+    print(f"balance {balance}")
+    return 0
+
+
+def _ledger_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("email", metavar="EMAIL", help="the account's email")
+    parser.add_argument("--limit", type=_positive, default=50, help="at most this many (50)")
+
+
+async def _ledger(args: argparse.Namespace, settings: Settings) -> int:
+    async with await _connect(settings) as conn:
+        user = await records.user_by_email(conn, args.email)
+        if user is None:
+            print(f"no account with the email {args.email!r}", file=sys.stderr)
+            return 1
+        balance = await ledger.balance(conn, user.id)
+        entries = await ledger.entries_for_user(conn, user.id, limit=args.limit)
+    print(f"user {user.email} ({user.id})")
+    print(f"balance {balance}")
+    print()
+    print(f"entries, newest first (at most {args.limit})")
+    if not entries:
+        print("  none")
+    for entry in entries:
+        refund_of = f"  refund of #{entry.refund_of}" if entry.refund_of is not None else ""
+        print(
+            f"  #{entry.id}  {_when(entry.created_at)}  {ledger.statement_kind(entry):<12}"
+            f" {entry.delta:+d}  generation {entry.generation_id or '-'}{refund_of}"
+        )
+        if entry.reason:
+            print(f"      reason: {_flat(entry.reason)}")
+    return 0
+
+
+def _no_arguments(parser: argparse.ArgumentParser) -> None:
+    pass
+
+
+async def _check_ledger(args: argparse.Namespace, settings: Settings) -> int:
+    async with await _connect(settings) as conn:
+        violations = await ledger.check_invariant(conn)
+    if not violations:
+        print("the ledger's invariant holds")
+        return 0
+    print(f"{len(violations)} violation(s) of the ledger's invariant:")
+    for violation in violations:
+        print(f"  {violation}")
+    return 1
+
+
 COMMANDS: dict[str, Command] = {
     command.name: command
     for command in (
@@ -323,6 +440,24 @@ COMMANDS: dict[str, Command] = {
             " provider jobs and alerts",
             _inspect_arguments,
             _inspect,
+        ),
+        Command(
+            "grant",
+            "an owner's grant of tokens to an account, with a reason; once per --key",
+            _grant_arguments,
+            _grant,
+        ),
+        Command(
+            "ledger",
+            "an account's balance and ledger entries, newest first, with their generations",
+            _ledger_arguments,
+            _ledger,
+        ),
+        Command(
+            "check-ledger",
+            "check the ledger's invariant; exit 1 and print each violation when broken",
+            _no_arguments,
+            _check_ledger,
         ),
     )
 }

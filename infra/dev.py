@@ -1,6 +1,7 @@
 """`make dev`: every part of BitBuddies on this machine, under one supervisor.
 
-Starts Temporal (SQLite file), Redis, PostgreSQL, the local model server, one worker
+Starts Temporal (SQLite file), Redis, PostgreSQL, the local model server, the local
+Stripe stand-in (infra/stripe_local/), one worker
 per pool (main, media, housekeeping: infra/worker.py) and the API; state lives in one
 data folder (default .data/) and survives a restart. Ctrl-C stops everything, in reverse
 order. If any part dies, everything stops and its log's last lines are shown.
@@ -41,6 +42,7 @@ def main() -> None:
             "\nBitBuddies is running.\n"
             f"  API          {cfg.api_url}   (docs: {cfg.api_url}/docs)\n"
             f"  Temporal UI  {cfg.temporal_ui_url}\n"
+            f"  Stripe       {cfg.stripe_url}   (local stand-in: Checkout's Pay page)\n"
             f"  data         {data_dir}   (logs in {data_dir / 'logs'})\n"
             "Press Ctrl-C to stop.\n",
             flush=True,

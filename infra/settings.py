@@ -11,12 +11,23 @@ from functools import cached_property
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import BaseModel, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from workflows.contract import HOUSEKEEPING_TASK_QUEUE, MAIN_TASK_QUEUE, MEDIA_TASK_QUEUE
 
 LOCAL_SECRET = "local-development-only"  # noqa: S105 - a placeholder, refused in production
+
+
+class TokenPack(BaseModel):
+    """A pack of tokens for sale: ``price`` in the currency's minor units (cents)."""
+
+    id: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,39}$")
+    name: str = Field(min_length=1, max_length=80)
+    tokens: int = Field(gt=0)
+    price: int = Field(gt=0)
+    currency: str = Field(pattern=r"^[a-z]{3}$")
+    stripe_price_id: str | None = None
 
 
 class Settings(BaseSettings):
@@ -94,6 +105,22 @@ class Settings(BaseSettings):
     # Account deletion cancels the account's running generations and waits this long at
     # most for their workflows to settle (refund) before it settles what is left itself.
     account_deletion_wait_seconds: float = Field(30.0, ge=0)
+
+    # Token packs sold with Stripe Checkout (billing/payments.py), a JSON list in
+    # BITBUDDIES_TOKEN_PACKS. A pack without stripe_price_id is priced inline (price_data).
+    token_packs: list[TokenPack] = Field(
+        default_factory=lambda: [
+            TokenPack(id="pack-10", name="10 tokens", tokens=10, price=500, currency="eur"),
+            TokenPack(id="pack-30", name="30 tokens", tokens=30, price=1200, currency="eur"),
+        ],
+        min_length=1,
+    )
+    # Stripe. Without STRIPE_SECRET_KEY, local mode uses the local stand-in
+    # (infra/stripe_local/) at stripe_api_url; production then refuses checkouts (503).
+    stripe_secret_key: SecretStr | None = Field(None, validation_alias="STRIPE_SECRET_KEY")
+    stripe_api_url: str = "http://127.0.0.1:8011"  # local only: the stand-in
+    # Signs Stripe's webhooks (whsec_...); without it every webhook is refused.
+    stripe_webhook_secret: SecretStr | None = None
 
     # Mail (verification and reset links): smtp://[user:password@]host:port (STARTTLS when
     # the server offers it) or smtps://... (TLS from the start). Without it the link is
@@ -190,6 +217,11 @@ class Settings(BaseSettings):
     @cached_property
     def storage_dir(self) -> Path:
         return self.data_dir / "storage"
+
+    @property
+    def uses_local_stripe(self) -> bool:
+        """Checkouts go to the local stand-in (infra/stripe_local/), never in production."""
+        return self.stripe_secret_key is None and self.environment == "local"
 
     @property
     def uses_local_models(self) -> bool:

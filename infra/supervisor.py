@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import os
 import pwd
 import random
@@ -88,6 +89,7 @@ class Ports:
     redis: int = 63790
     postgres: int = 54329
     model_server: int = 8010
+    stripe: int = 8011  # the local Stripe stand-in (infra/stripe_local/)
     # Each worker process's metrics endpoint (infra/metrics.py), by pool: from this port
     # up in the order pools start (`make dev`: 8021 main, 8022 media, 8023 housekeeping);
     # 0: a free port each (a throwaway stack). Given out once, then kept for restarts.
@@ -96,8 +98,12 @@ class Ports:
 
     @classmethod
     def random(cls) -> Ports:
-        api, temporal, temporal_ui, redis, postgres, model_server = (free_port() for _ in range(6))
-        return cls(api, temporal, temporal_ui, redis, postgres, model_server, worker_metrics_base=0)
+        api, temporal, temporal_ui, redis, postgres, model_server, stripe = (
+            free_port() for _ in range(7)
+        )
+        return cls(
+            api, temporal, temporal_ui, redis, postgres, model_server, stripe, worker_metrics_base=0
+        )
 
     def worker_metrics_port(self, pool: str) -> int:
         if pool not in self.worker_metrics:
@@ -155,6 +161,20 @@ class StackConfig:
         return f"http://127.0.0.1:{self.ports.model_server}"
 
     @property
+    def stripe_url(self) -> str:
+        return f"http://127.0.0.1:{self.ports.stripe}"
+
+    @property
+    def stripe_webhook_url(self) -> str:
+        return f"{self.api_url}/v1/billing/stripe/webhook"
+
+    def stripe_webhook_secret(self) -> str:
+        """The secret the local Stripe stand-in signs webhooks with: derived from the
+        signing secret, so it is random per throwaway stack and kept with it by `make dev`."""
+        digest = hashlib.sha256(f"stripe-webhook:{self.signing_secret()}".encode()).hexdigest()
+        return f"whsec_local_{digest[:32]}"
+
+    @property
     def temporal_ui_url(self) -> str:
         return f"http://127.0.0.1:{self.ports.temporal_ui}"
 
@@ -190,6 +210,10 @@ class StackConfig:
         }
         if "BITBUDDIES_SIGNING_SECRET" not in os.environ:  # a configured one wins
             env["BITBUDDIES_SIGNING_SECRET"] = self.signing_secret()
+        # Stripe: the local stand-in, unless a real key (and its webhook secret) is set.
+        env["BITBUDDIES_STRIPE_API_URL"] = self.stripe_url
+        if "BITBUDDIES_STRIPE_WEBHOOK_SECRET" not in os.environ:
+            env["BITBUDDIES_STRIPE_WEBHOOK_SECRET"] = self.stripe_webhook_secret()
         env.update(self.extra_env)
         return env
 
@@ -475,6 +499,31 @@ def model_server(cfg: StackConfig) -> Managed:
     )
 
 
+def stripe_local(cfg: StackConfig) -> Managed:
+    """The local Stripe stand-in (infra/stripe_local/): Checkout Sessions, the hosted Pay
+    page, and webhooks signed with the stack's webhook secret, delivered to the API."""
+    url = cfg.stripe_url
+    return Managed(
+        "stripe-local",
+        [
+            sys.executable,
+            "-m",
+            "infra.stripe_local",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(cfg.ports.stripe),
+            "--public-url",
+            url,
+            "--webhook-url",
+            cfg.stripe_webhook_url,
+        ],
+        ready=lambda: http_ok(url + "/healthz"),
+        env=cfg.app_env(),
+        log_path=cfg.data_dir / "logs" / "stripe-local.log",
+    )
+
+
 def api(cfg: StackConfig) -> Managed:
     return Managed(
         "api",
@@ -551,7 +600,7 @@ def start_all(
         ensure_database(cfg)
         applied = asyncio.run(migrate(cfg.database_url))
         announce(f"database ready (migrations applied: {', '.join(applied) or 'none pending'})")
-        for service in (model_server(cfg), *workers(cfg), api(cfg)):
+        for service in (model_server(cfg), stripe_local(cfg), *workers(cfg), api(cfg)):
             announce(f"starting {service.name} ...")
             started.append(service)
             service.start()

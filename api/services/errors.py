@@ -86,3 +86,11 @@ class InvalidToken(DomainError):
 class WebhookRefused(DomainError):
     """A provider webhook delivery that is not signed by the provider, is stale, or is
     malformed: nothing was done with it."""
+
+
+class UnknownPack(InvalidInput):
+    """No token pack with this id is for sale."""
+
+
+class PaymentsUnavailable(Busy):
+    """The payment provider could not be reached, or payments are not configured."""

@@ -66,6 +66,8 @@ PUBLIC_ROUTES: dict[tuple[str, str], str] = {
     ("GET", "/v1/shared/{slug}/{fmt}"): "that shared character's files, for its share page",
     ("POST", "/v1/providers/fal/webhook"): "the model provider calls it; the delivery's Ed25519"
     " signature is the credential (forgeries: tests/e2e/test_provider_webhooks.py)",
+    ("POST", "/v1/billing/stripe/webhook"): "Stripe calls it; the Stripe-Signature over the"
+    " body with our webhook secret is the credential (forgeries: tests/billing/test_stripe.py)",
 }
 # What a shared character's public view may show on purpose, by the label of the
 # identifier (see ``Victim.secrets``). Today it shows the animation and its size alone,
@@ -110,13 +112,15 @@ QUERY_VALUES: dict[str, str] = {
     "sig": FORGED_SIGNATURE,
     "after": "1",
     "generation_id": str(uuid.uuid4()),  # the provider webhook's: names nothing of A's
+    "before": "9223372036854775807",  # GET /v1/billing/ledger: a page before every entry
+    "limit": "1",
 }
 HEADER_VALUES: dict[str, str] = {
     "last-event-id": "1",
     "idempotency-key": f"isolation-{uuid.uuid4().hex}",
 }
 # Optional parameters sent in an extra call of their own, alongside the call without them.
-VARIANT_PARAMETERS = frozenset({"after", "last-event-id"})
+VARIANT_PARAMETERS = frozenset({"after", "last-event-id", "before", "limit"})
 # Optional parameters sent on every call (a start repeated with its key starts nothing new).
 ALWAYS_PARAMETERS = frozenset({"idempotency-key"})
 
@@ -288,6 +292,7 @@ def _body_values(victim: Victim) -> dict[str, Any]:
         "new_password": "a much better secret",
         "name": "isolation probe",
         "prompt": "a probe of the isolation walk",
+        "pack": "pack-10",  # POST /v1/billing/checkout: a pack for sale (B buys for B)
     }
 
 
