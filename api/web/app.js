@@ -5,7 +5,7 @@
 
 const $ = (sel, root = document) => root.querySelector(sel);
 const view = $("#view");
-const session = { csrf: null, user: null };
+const session = { csrf: null, user: null, balance: null };
 
 // --- HTTP ---------------------------------------------------------------------
 
@@ -83,6 +83,7 @@ async function refreshBalance(tries = 3) {
     await new Promise((resolve) => setTimeout(resolve, 1000));
     return refreshBalance(tries - 1);
   }
+  session.balance = me.balance;
   const text = `Balance: ${tokens(me.balance)}`;
   $("#balance").textContent = text;
   for (const slot of document.querySelectorAll("[data-balance]")) slot.textContent = text;
@@ -109,6 +110,104 @@ function downloads(id) {
     " · ",
     el("a", { href: `${base}/png?download=true`, download: "", text: "PNG" }),
   );
+}
+
+// --- buying tokens ------------------------------------------------------------
+// "Buy tokens" lists the packs; choosing one opens a Stripe Checkout Session and sends
+// the browser there. Stripe sends the buyer back to /account?purchase=complete (or
+// =cancelled); the tokens come with Stripe's webhook, so that page polls the balance.
+
+const PURCHASE = "bitbuddies.purchase"; // sessionStorage: the balance before checkout
+const POLL_EVERY_MS = 1000;
+const POLL_FOR_MS = 120_000;
+
+function money(minor, currency) {
+  const format = new Intl.NumberFormat(undefined, { style: "currency", currency: currency.toUpperCase() });
+  return format.format(minor / 10 ** format.resolvedOptions().maximumFractionDigits);
+}
+
+function packButton(pack, panel) {
+  const price = money(pack.price, pack.currency);
+  const text = pack.name === tokens(pack.tokens) ? `${pack.name} for ${price}` : `${pack.name}: ${tokens(pack.tokens)} for ${price}`;
+  const button = el("button", { type: "button", "data-pack": pack.id, text });
+  // One key per pack on this page: a double click or a retry opens one Checkout Session.
+  const key = crypto.randomUUID();
+  button.addEventListener("click", async () => {
+    busy(panel, true);
+    $("[data-error]", panel).textContent = "";
+    try {
+      const { url } = await api("POST", "/v1/billing/checkout", { json: { pack: pack.id }, headers: { "Idempotency-Key": key } });
+      sessionStorage.setItem(PURCHASE, JSON.stringify({ balance: session.balance, tokens: pack.tokens }));
+      location.assign(url);
+    } catch (error) {
+      fail(panel, error);
+      busy(panel, false);
+    }
+  });
+  return el("li", {}, button);
+}
+
+function buyTokens(slot) {
+  slot.replaceChildren($("#t-buy").content.cloneNode(true));
+  const toggle = $("#buy", slot);
+  const panel = $("#packs", slot);
+  const list = $("#pack-list", slot);
+  let listed = false;
+  toggle.addEventListener("click", async () => {
+    const open = toggle.getAttribute("aria-expanded") !== "true";
+    toggle.setAttribute("aria-expanded", String(open));
+    panel.hidden = !open;
+    if (!open || listed) return;
+    listed = true;
+    try {
+      const { packs } = await api("GET", "/v1/billing/packs");
+      list.replaceChildren(...packs.map((pack) => packButton(pack, panel)));
+    } catch (error) {
+      listed = false;
+      fail(panel, error);
+    }
+  });
+  // Back from the checkout page (a page restored from the back/forward cache): choosable again.
+  window.addEventListener("pageshow", (event) => event.persisted && busy(panel, false));
+}
+
+function purchaseReturn(me) {
+  const outcome = new URLSearchParams(location.search).get("purchase");
+  if (outcome !== "complete" && outcome !== "cancelled") return;
+  const status = $("#purchase-status");
+  let before = null;
+  try {
+    before = JSON.parse(sessionStorage.getItem(PURCHASE) || "null");
+  } catch {
+    before = null;
+  }
+  const finish = (text) => {
+    status.textContent = text;
+    sessionStorage.removeItem(PURCHASE);
+    history.replaceState(null, "", "/account"); // a reload does not say it again
+  };
+  if (outcome === "cancelled") return finish("Payment cancelled; nothing was charged.");
+  // Compared with the balance before leaving for checkout, as the credit may have landed
+  // before this page loaded; without it (another tab), with the balance shown now.
+  const baseline = before && Number.isInteger(before.balance) ? before.balance : me.balance;
+  const bought = before && Number.isInteger(before.tokens) ? before.tokens : 1;
+  const landed = (balance) => {
+    if (balance - baseline < bought) return false;
+    finish(`+${tokens(before ? bought : balance - baseline)} added. Balance: ${tokens(balance)}.`);
+    return true;
+  };
+  status.textContent = "Payment received; your tokens are on their way…";
+  if (landed(me.balance)) return;
+  const until = Date.now() + POLL_FOR_MS;
+  const poll = async () => {
+    const now = await refreshBalance(1).catch(() => null);
+    if (now && landed(now.balance)) return;
+    if (Date.now() >= until) {
+      return finish("Your payment is still being confirmed; the tokens will be added to your balance as soon as it is. There is no need to pay again.");
+    }
+    setTimeout(poll, POLL_EVERY_MS);
+  };
+  setTimeout(poll, POLL_EVERY_MS);
 }
 
 // --- views --------------------------------------------------------------------
@@ -172,6 +271,7 @@ function signupView() {
 
 function createView() {
   show("t-create", "Create");
+  buyTokens($("[data-buy]"));
   const form = $("#create-form");
   const input = $("#photo");
   const preview = $("#preview");
@@ -380,8 +480,10 @@ async function characterView(id) {
 
 async function accountView() {
   show("t-account", "Account");
+  buyTokens($("[data-buy]"));
   const me = await refreshBalance();
   $("[data-email]").textContent = me.email;
+  purchaseReturn(me);
   if (me.email_verified === false) {
     $("[data-verify]").hidden = false;
     $("#resend").addEventListener("click", async () => {

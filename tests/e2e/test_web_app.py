@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 
 import httpx
 import pytest
-from playwright.async_api import Browser, Page, expect
+from playwright.async_api import Browser, Page, Route, expect
 
 from tests.conftest import Stack
 from tests.support.browser import chromium, screenshot, visit
@@ -358,3 +358,131 @@ async def test_the_cancel_button_stops_the_generation_and_gives_the_token_back(
         await expect(page.get_by_role("button", name="Cancel")).to_be_hidden()
         await expect(page.locator("#balance")).to_have_text("Balance: 3 tokens")
         await screenshot(page, "cancelled")
+
+
+# --- buying tokens ---------------------------------------------------------------------
+
+BUY_TIMEOUT_MS = 30_000
+
+
+async def _purchases(page: Page) -> list[int]:
+    """The signed-in user's ledger purchases (their deltas), newest first."""
+    answer = await page.request.get("/v1/billing/ledger")
+    assert answer.ok, answer.status
+    entries = json.loads(await answer.text())["entries"]
+    return [e["delta"] for e in entries if e["kind"] == "purchase"]
+
+
+async def _choose_pack(page: Page, stripe_url: str) -> str:
+    """From a page with the balance: Buy tokens, the 10-token pack, on to the stand-in's
+    Checkout page. Returns the Checkout Session's id."""
+    buy = page.get_by_role("button", name="Buy tokens")
+    await expect(buy).to_have_attribute("aria-expanded", "false")
+    await buy.click()
+    await expect(buy).to_have_attribute("aria-expanded", "true")
+    pack = page.get_by_role("button", name=re.compile(r"^10 tokens for \D*5[.,]00"))
+    await expect(pack).to_be_visible()
+    assert await page.evaluate(UNLABELLED_CONTROLS) == []
+    await pack.click()
+    await page.wait_for_url(f"{stripe_url}/pay/*")
+    await expect(page.get_by_role("heading", name="Local Stripe checkout")).to_be_visible()
+    return page.url.rsplit("/", 1)[1]
+
+
+async def test_buying_tokens_shows_the_new_balance_without_a_reload_when_the_payment_lands(
+    stack: Stack, browser: Browser
+) -> None:
+    """The buyer is back before Stripe's webhook: the Pay click's request is held by the
+    test (the page is sent back as the stand-in would send it) and the stand-in takes the
+    payment, and delivers its webhook, only once the account page shows the old balance.
+    So the page learns of the credit by polling, not by loading."""
+    started = time.monotonic()
+    stripe_url = stack.cfg.stripe_url
+    async with (
+        visit(browser, stack.cfg.api_url) as buyer,
+        httpx.AsyncClient(base_url=stripe_url, timeout=30.0) as stand_in,
+    ):
+        page = buyer.page
+        await _sign_up(page)
+        await page.goto("/account")
+        await expect(page.locator("[data-balance]")).to_have_text("Balance: 3 tokens")
+        await expect(page.locator("#balance")).to_have_text("Balance: 3 tokens")
+        session_id = await _choose_pack(page, stripe_url)
+
+        held: list[str] = []
+
+        async def hold_payment(route: Route) -> None:
+            if route.request.method != "POST":
+                await route.continue_()
+                return
+            held.append(route.request.url)
+            session = (await stand_in.get(f"/v1/checkout/sessions/{session_id}")).json()
+            back = session["success_url"].replace("{CHECKOUT_SESSION_ID}", session_id)
+            await route.fulfill(status=303, headers={"Location": back})
+
+        await page.route(f"{stripe_url}/pay/*", hold_payment)
+        await page.get_by_role("button", name="Pay").click()
+        await page.wait_for_url(re.compile(r"/account\?purchase=complete&session_id=cs_"))
+        status = page.locator("#purchase-status")
+        await expect(status).to_have_text("Payment received; your tokens are on their way…")
+        await expect(page.locator("#balance")).to_have_text("Balance: 3 tokens")
+        assert held and await _purchases(page) == []
+        await page.evaluate("window.stillTheSamePage = true")
+
+        # Now Stripe takes the payment and delivers checkout.session.completed.
+        paid = await stand_in.post(f"/pay/{session_id}")
+        assert paid.status_code == 303, paid.text
+        await expect(status).to_have_text(
+            "+10 tokens added. Balance: 13 tokens.", timeout=BUY_TIMEOUT_MS
+        )
+        await expect(page.locator("#balance")).to_have_text("Balance: 13 tokens")
+        await expect(page.locator("[data-balance]")).to_have_text("Balance: 13 tokens")
+        assert await page.evaluate("window.stillTheSamePage === true")  # no reload
+        assert urlsplit(page.url).path == "/account" and not urlsplit(page.url).query
+        assert await _purchases(page) == [10]
+        await screenshot(page, "bought")
+        assert buyer.hosts == {urlsplit(stack.cfg.api_url).netloc, urlsplit(stripe_url).netloc}
+    print(f"\nbuy flow: {time.monotonic() - started:.1f} s")
+
+
+async def test_a_paid_purchase_shows_at_once_and_a_cancelled_one_charges_nothing(
+    stack: Stack, browser: Browser
+) -> None:
+    """From the create page, the real round trip: the webhook may land before the page
+    is back (compared with the balance before checkout, it is still "+10"); then a second
+    purchase cancelled on the Checkout page adds nothing."""
+    stripe_url = stack.cfg.stripe_url
+    async with visit(browser, stack.cfg.api_url) as buyer:
+        page = buyer.page
+        await _sign_up(page)  # on the create page
+        await expect(page.locator("[data-balance]")).to_have_text(re.compile("Balance: 3 tokens"))
+        await _choose_pack(page, stripe_url)
+        await page.get_by_role("button", name="Pay").click()
+        await page.wait_for_url("**/account?purchase=complete*")
+        status = page.locator("#purchase-status")
+        await expect(status).to_have_text(
+            "+10 tokens added. Balance: 13 tokens.", timeout=BUY_TIMEOUT_MS
+        )
+        await expect(page.locator("#balance")).to_have_text("Balance: 13 tokens")
+
+        # On a phone, by keyboard: Buy tokens, Tab to the first pack, Enter.
+        await page.set_viewport_size({"width": 390, "height": 844})
+        await page.goto("/account")
+        await expect(status).to_be_empty()  # said once, not at every visit
+        await page.get_by_role("button", name="Buy tokens").focus()
+        await page.keyboard.press("Enter")
+        first = page.locator("#pack-list button").first
+        await expect(first).to_have_text(re.compile(r"^10 tokens for "))
+        assert await page.evaluate("document.documentElement.scrollWidth") <= 390
+        assert await page.evaluate(UNLABELLED_CONTROLS) == []
+        await screenshot(page, "buy-phone")
+        await page.keyboard.press("Tab")
+        assert await page.evaluate("document.activeElement.dataset.pack") == "pack-10"
+        await page.keyboard.press("Enter")
+        await page.wait_for_url(f"{stripe_url}/pay/*")
+        await page.get_by_role("link", name="Cancel").click()
+        await page.wait_for_url("**/account?purchase=cancelled")
+        await expect(status).to_have_text("Payment cancelled; nothing was charged.")
+        await expect(page.locator("#balance")).to_have_text("Balance: 13 tokens")
+        await screenshot(page, "purchase-cancelled")
+        assert await _purchases(page) == [10]
