@@ -9,7 +9,7 @@ time and moves no money.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Literal
 from uuid import UUID
 
@@ -587,3 +587,40 @@ def purchase_key(checkout_session_id: str) -> str:
     ``purchase``, with ``grant``): every event about the session, whatever its id, finds
     the entry made first."""
     return f"purchase:{checkout_session_id}"
+
+
+@dataclass(frozen=True)
+class OrphanedCharge:
+    """A charge with no refund on a generation that ended badly with no character."""
+
+    charge_id: int
+    generation_id: UUID
+    user_id: UUID
+    status: Literal["failed", "cancelled"]
+    step: str | None
+    error_code: str | None
+
+
+_ORPHANED_CHARGES = """
+SELECT c.id AS charge_id, g.id AS generation_id, g.user_id, g.status, g.step, g.error_code
+FROM ledger_entries c
+JOIN generations g ON g.id = c.generation_id
+WHERE c.kind = 'charge' AND c.id > %s
+  AND g.status IN ('failed', 'cancelled')
+  AND g.character_id IS NULL
+  AND g.updated_at < now() - %s
+  AND NOT EXISTS (SELECT 1 FROM ledger_entries r WHERE r.refund_of = c.id)
+  AND NOT EXISTS (SELECT 1 FROM characters ch WHERE ch.generation_id = g.id)
+ORDER BY c.id
+LIMIT %s
+"""
+
+
+async def unrefunded_charges_of_ended(
+    conn: Conn, *, after: int, ended_before: timedelta, limit: int
+) -> list[OrphanedCharge]:
+    """Charges (id above ``after``, in id order, at most ``limit``) left unrefunded on a
+    generation that failed or was cancelled more than ``ended_before`` ago and has no
+    character (billing/reconcile.py)."""
+    cur = await conn.execute(_ORPHANED_CHARGES, (after, ended_before, limit))
+    return [OrphanedCharge(**row) for row in await cur.fetchall()]

@@ -180,14 +180,16 @@ def reconciliation_alert(
     fixed: str,
     user_id: str | None = None,
     generation_id: str | None = None,
+    title: str | None = None,
 ) -> NewAlert:
     """A reconciliation (billing) that found something wrong and fixed it: ``what`` it
-    checked (the dedupe's step), ``fixed``, what it changed."""
+    checked (the dedupe's step), ``fixed``, what it changed; ``title`` when the phone
+    should say more than "Reconciliation fixed <what>"."""
     return generation_alert(
         settings,
         "reconciliation",
         source_key=source_key,
-        title=f"Reconciliation fixed {what}",
+        title=title or f"Reconciliation fixed {what}",
         user_id=user_id,
         generation_id=generation_id,
         step=what,

@@ -13,12 +13,16 @@ reads them: infra/settings.py) and returns the exit status. ``COMMANDS`` registe
                                                   made and printed when none is given)
     bitbuddies ledger EMAIL [--limit 50]          a user's balance and entries, newest first
     bitbuddies check-ledger                       the ledger's invariant; each violation
+    bitbuddies reconcile [--timeout 5m]           billing's reconciliation now: triggers its
+                                                  schedule, waits for that run, prints what
+                                                  it refunded, credited and found
 
 ``inspect`` exits 1 for an id no generation has, or when Temporal could not be read (what
 the database holds is printed all the same), and 2 for an id that is not a UUID.
 ``grant`` and ``ledger`` exit 1 for an email no account has (``grant`` also for a key that
 granted another amount or to another user); ``check-ledger`` exits 1 when the invariant
-is broken (``billing.ledger.check_invariant``), printing each violation.
+is broken (``billing.ledger.check_invariant``), printing each violation; ``reconcile``
+exits 1 when the run found violations, or could not be started or waited for.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ from uuid import UUID
 
 import psycopg
 from psycopg.rows import dict_row
+from temporalio.client import Client, ScheduleActionExecutionStartWorkflow, ScheduleOverlapPolicy
 from temporalio.service import RPCError, RPCStatusCode
 
 from billing import ledger
@@ -47,6 +52,8 @@ from infra.database import permits as permits_repo
 from infra.database import records
 from infra.settings import Settings, get_settings
 from infra.temporal import connect
+from workflows import contract
+from workflows.contract import ReconcileReport
 
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
@@ -424,6 +431,82 @@ async def _check_ledger(args: argparse.Namespace, settings: Settings) -> int:
     return 1
 
 
+# --- reconcile now ------------------------------------------------------------------
+
+RECONCILE_POLL_SECONDS = 0.5
+
+
+def _reconcile_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--timeout", type=duration, default=timedelta(minutes=5), help="how long to wait (5m)"
+    )
+
+
+async def reconcile_now(client: Client) -> tuple[str, ReconcileReport]:
+    """Trigger the reconciliation's schedule (``temporal schedule trigger``; a run still
+    going finishes first, then this one runs) and wait for the run it started: its
+    workflow id and report. The caller bounds the wait."""
+    handle = client.get_schedule_handle(contract.RECONCILE_SCHEDULE)
+
+    async def started() -> set[tuple[str, str]]:
+        """(workflow id, run id) of each run the schedule started lately. Run ids, as
+        two runs a second apart share a workflow id (it ends with the time in seconds)."""
+        info = (await handle.describe()).info
+        actions = [r.action for r in info.recent_actions] + list(info.running_actions)
+        return {
+            (a.workflow_id, a.first_execution_run_id)
+            for a in actions
+            if isinstance(a, ScheduleActionExecutionStartWorkflow)
+        }
+
+    before = await started()
+    await handle.trigger(overlap=ScheduleOverlapPolicy.BUFFER_ONE)
+    while True:
+        if new := await started() - before:
+            break
+        await asyncio.sleep(RECONCILE_POLL_SECONDS)
+    workflow_id, run_id = sorted(new)[-1]  # workflow ids end with the run's time
+    run = client.get_workflow_handle(workflow_id, run_id=run_id, result_type=ReconcileReport)
+    report = await run.result()
+    return workflow_id, report
+
+
+async def _reconcile(args: argparse.Namespace, settings: Settings) -> int:
+    try:
+        async with asyncio.timeout(args.timeout.total_seconds()):
+            client = await connect(settings)
+            workflow_id, report = await reconcile_now(client)
+    except RPCError as err:
+        if err.status == RPCStatusCode.NOT_FOUND:
+            print(
+                f"no schedule {contract.RECONCILE_SCHEDULE}: the housekeeping worker makes it"
+                " when it starts",
+                file=sys.stderr,
+            )
+        else:
+            print(f"Temporal at {settings.temporal_address} answered: {err}", file=sys.stderr)
+        return 1
+    except TimeoutError:
+        print(f"the reconciliation did not end within {args.timeout}", file=sys.stderr)
+        return 1
+    except (RuntimeError, OSError) as err:
+        print(f"could not reach Temporal at {settings.temporal_address}: {err}", file=sys.stderr)
+        return 1
+    print(f"reconciliation {workflow_id}")
+    print(f"  {workflow_link(settings, workflow_id)}")
+    print(f"  refunded {len(report.refunded)}: {', '.join(report.refunded) or '-'}")
+    print(f"  credited {len(report.credited)}: {', '.join(report.credited) or '-'}")
+    stripe = "" if report.stripe_checked else " (Stripe could NOT be asked)"
+    print(f"  paid sessions checked {report.sessions_checked}{stripe}")
+    if not report.violations:
+        print("  the ledger's invariant holds")
+        return 0
+    print(f"  {len(report.violations)} violation(s) of the ledger's invariant:")
+    for violation in report.violations:
+        print(f"    {violation}")
+    return 1
+
+
 COMMANDS: dict[str, Command] = {
     command.name: command
     for command in (
@@ -458,6 +541,13 @@ COMMANDS: dict[str, Command] = {
             "check the ledger's invariant; exit 1 and print each violation when broken",
             _no_arguments,
             _check_ledger,
+        ),
+        Command(
+            "reconcile",
+            "billing's reconciliation now (its schedule, triggered): refunds missed, paid"
+            " sessions credited, the invariant; exit 1 on a violation",
+            _reconcile_arguments,
+            _reconcile,
         ),
     )
 }

@@ -64,11 +64,31 @@ def alert_digest(settings: Settings) -> Schedule:
     )
 
 
+def reconcile(settings: Settings) -> Schedule:
+    """Billing's reconciliation (billing/reconcile.py), every
+    ``reconcile_interval_seconds``; a run still going makes the next one skip."""
+    return Schedule(
+        action=ScheduleActionStartWorkflow(
+            contract.RECONCILE_WORKFLOW,
+            id=contract.RECONCILE_SCHEDULE,  # Temporal appends each run's time
+            task_queue=settings.housekeeping_task_queue,
+            execution_timeout=timedelta(minutes=15),
+        ),
+        spec=ScheduleSpec(
+            intervals=[
+                ScheduleIntervalSpec(every=timedelta(seconds=settings.reconcile_interval_seconds))
+            ]
+        ),
+        policy=SchedulePolicy(overlap=ScheduleOverlapPolicy.SKIP),
+    )
+
+
 def schedules(settings: Settings) -> dict[str, Schedule]:
     """Every schedule, by id."""
     return {
         contract.HOUSEKEEPING_SCHEDULE: housekeeping(settings),
         contract.ALERT_DIGEST_SCHEDULE: alert_digest(settings),
+        contract.RECONCILE_SCHEDULE: reconcile(settings),
     }
 
 

@@ -90,6 +90,9 @@ class Settings(BaseSettings):
     # started by the sweeper once it has been queued this long.
     stale_queued_seconds: float = 120.0
     sweep_interval_seconds: float = 60.0
+    # Billing's reconciliation (billing/reconcile.py) runs this often: refunds charges its
+    # settlers missed, credits paid Checkout Sessions whose webhook never came.
+    reconcile_interval_seconds: float = Field(900.0, gt=0)
     # A generation's working files (the uploaded photo, every intermediate result) are
     # deleted by the sweep this long after it ended; only the character's assets stay.
     files_retention_seconds: float = Field(default=0.0, ge=0)

@@ -11,8 +11,9 @@ to run several pools in one process.
                   settle, alert
     media         transcode (ffmpeg), one encode per core by default
     housekeeping  the Housekeeping workflow its Temporal Schedule starts, and its sweep;
-                  the AlertDigest workflow (its own schedule) and its digest; this
-                  pool's worker brings the schedules up to date when it starts
+                  the AlertDigest workflow (its own schedule) and its digest; the
+                  Reconcile workflow (its own schedule) and billing's reconciliation;
+                  this pool's worker brings the schedules up to date when it starts
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ from infra.temporal import connect
 from workflows.alerts import AlertDigestWorkflow
 from workflows.bitbuddy import BitBuddyWorkflow
 from workflows.housekeeping import HousekeepingWorkflow
+from workflows.reconcile import ReconcileWorkflow
 
 log = logging.getLogger("bitbuddies.worker")
 
@@ -78,9 +80,14 @@ def _media_activities(runtime: Runtime) -> list[Callable[..., Any]]:
 
 def _housekeeping_activities(runtime: Runtime) -> list[Callable[..., Any]]:
     from activities.housekeeping import HousekeepingActivities
+    from activities.reconcile import ReconcileActivities
 
     housekeeping = HousekeepingActivities(runtime)
-    return [housekeeping.sweep, housekeeping.send_alert_digest]
+    return [
+        housekeeping.sweep,
+        housekeeping.send_alert_digest,
+        ReconcileActivities(runtime).reconcile,
+    ]
 
 
 @dataclass(frozen=True)
@@ -113,7 +120,7 @@ POOLS: dict[str, Pool] = {
         Pool(
             "housekeeping",
             task_queue=lambda s: s.housekeeping_task_queue,
-            workflows=[HousekeepingWorkflow, AlertDigestWorkflow],
+            workflows=[HousekeepingWorkflow, AlertDigestWorkflow, ReconcileWorkflow],
             activities=_housekeeping_activities,
             concurrency=lambda s: s.worker_housekeeping_activities,
             keeps_schedules=True,

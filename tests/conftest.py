@@ -43,6 +43,8 @@ TEST_ENV = {
     "BITBUDDIES_FILES_RETENTION_SECONDS": "3600",
     # the alert digest runs when a test triggers its schedule, never in the middle of one
     "BITBUDDIES_ALERT_DIGEST_INTERVAL_SECONDS": "86400",
+    # billing's reconciliation runs when a test triggers it (tests/billing/test_reconcile.py)
+    "BITBUDDIES_RECONCILE_INTERVAL_SECONDS": "86400",
 }
 
 

@@ -32,6 +32,10 @@ HOUSEKEEPING_SCHEDULE: Final = "bitbuddies-housekeeping"  # the schedule's id
 # The owner alerts' digest (infra/alerts.py), on the housekeeping queue, by its own schedule.
 ALERT_DIGEST_WORKFLOW: Final = "AlertDigest"
 ALERT_DIGEST_SCHEDULE: Final = "bitbuddies-alert-digest"  # the schedule's id
+# Billing's reconciliation (billing/reconcile.py), on the housekeeping queue, by its own
+# schedule.
+RECONCILE_WORKFLOW: Final = "Reconcile"
+RECONCILE_SCHEDULE: Final = "bitbuddies-reconcile"  # the schedule's id
 
 # Activity names, as registered by the workers (activities/) and called by the workflow.
 SUBMIT_MODEL_JOB: Final = "submit_model_job"
@@ -49,6 +53,7 @@ REFUND_TOKEN: Final = "refund_token"  # noqa: S105 (an activity, not a secret)
 FAIL_GENERATION: Final = "fail_generation"
 SWEEP: Final = "sweep"
 SEND_ALERT_DIGEST: Final = "send_alert_digest"
+RECONCILE: Final = "reconcile"
 
 # --- statuses ---------------------------------------------------------------------
 
@@ -546,6 +551,16 @@ ALERT_DIGEST_OPTIONS: dict[str, Any] = {
 }
 
 
+# The reconciliation: one at a time (its schedule skips a run while one goes); not
+# retried (each fix is idempotent, and the next run looks again). The heartbeat notices
+# a dead worker.
+RECONCILE_OPTIONS: dict[str, Any] = {
+    "start_to_close_timeout": timedelta(minutes=10),
+    "heartbeat_timeout": timedelta(seconds=30),
+    "retry_policy": RetryPolicy(maximum_attempts=1),
+}
+
+
 # --- housekeeping -------------------------------------------------------------------
 
 
@@ -561,3 +576,19 @@ class DigestReport:
     digests_sent: int = 0  # one per group of suppressed alerts
     alerts_counted: int = 0  # suppressed alerts those digests counted
     redelivered: int = 0  # alerts recorded earlier whose delivery had not happened
+
+
+@dataclass
+class ReconcileReport:
+    """What one reconciliation (billing/reconcile.py) found and fixed."""
+
+    refunded: list[str] = field(default_factory=list)  # generation ids refunded now
+    credited: list[str] = field(default_factory=list)  # Checkout Session ids credited now
+    violations: list[str] = field(default_factory=list)  # the ledger invariant's, as text
+    sessions_checked: int = 0  # paid sessions Stripe listed
+    # False: Stripe could not be asked (or payments are off); the refunds still ran
+    stripe_checked: bool = True
+
+    @property
+    def fixed_anything(self) -> bool:
+        return bool(self.refunded or self.credited)

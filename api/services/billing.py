@@ -13,6 +13,10 @@ retried one can carry a new event id; so:
   forward: open → pending (completed, payment still clearing) → paid | failed, and paid
   is final (it holds the credit), so events out of order end in the same state.
 
+Applying an event is ``payments.apply_checkout_event``, the one crediting path the
+billing reconciliation (billing/reconcile.py) takes too for a paid session whose webhook
+never came.
+
 Anything that fails rolls the whole transaction back (the inbox row too) and answers an
 error, so Stripe delivers again.
 """
@@ -29,9 +33,8 @@ import stripe
 from psycopg_pool import AsyncConnectionPool
 
 from api.services.errors import KeyReused, PaymentsUnavailable, UnknownPack, WebhookRefused
-from billing import ledger, payments
+from billing import payments
 from infra.database import billing as repo
-from infra.database.billing import CheckoutStatus
 from infra.settings import Settings, TokenPack
 
 log = logging.getLogger("bitbuddies.billing")
@@ -132,27 +135,21 @@ class BillingService:
             if session_id is None or not event_type.startswith("checkout.session."):
                 log.info("Stripe event %s recorded; nothing to do", event_type, extra=context)
                 return True
-            row = await repo.checkout(conn, session_id, lock=True)
-            if row is None:
+            move = await payments.apply_checkout_event(
+                conn, session_id, event_type, session.get("payment_status")
+            )
+            if move is None:
                 log.warning("Stripe event %s for an unknown session", event_type, extra=context)
                 return True
-            target = _next_status(row.status, event_type, session.get("payment_status"))
-            if target == "paid":
-                if row.user_id is None:
-                    log.error("a deleted account's checkout was paid: refund it", extra=context)
-                    return True
-                await ledger.grant(
-                    conn,
-                    row.user_id,
-                    row.tokens,
-                    idempotency_key=ledger.purchase_key(row.id),
-                    kind="purchase",
-                    reason=f"Stripe Checkout, pack {row.pack}",
-                )
-            if target != row.status:
-                await repo.set_checkout_status(conn, row.id, target)
+            if move.unowned:
+                log.error("a deleted account's checkout was paid: refund it", extra=context)
+                return True
         log.info(
-            "Stripe event %s: checkout %s -> %s", event_type, row.status, target, extra=context
+            "Stripe event %s: checkout %s -> %s",
+            event_type,
+            move.session.status,
+            move.status,
+            extra=context,
         )
         return True
 
@@ -161,24 +158,3 @@ def _session_of(event: dict[str, Any]) -> dict[str, Any]:
     data = event.get("data")
     obj = data.get("object") if isinstance(data, dict) else None
     return obj if isinstance(obj, dict) else {}
-
-
-def _next_status(
-    current: CheckoutStatus, event_type: str, payment_status: object
-) -> CheckoutStatus:
-    """Where an event moves a session. Paid is final (it holds the credit); a session
-    that failed or expired becomes paid only if Stripe says the money came."""
-    if current == "paid":
-        return "paid"
-    paid = (event_type == payments.SESSION_COMPLETED and payment_status == "paid") or (
-        event_type == payments.ASYNC_PAYMENT_SUCCEEDED
-    )
-    if paid:
-        return "paid"
-    if event_type == payments.ASYNC_PAYMENT_FAILED:
-        return "failed"
-    if event_type == payments.SESSION_COMPLETED and current == "open":
-        return "pending"  # completed, payment still clearing: async_payment_* follows
-    if event_type == payments.SESSION_EXPIRED and current == "open":
-        return "expired"
-    return current

@@ -7,7 +7,8 @@ What it implements, in Stripe's shapes, as the ``stripe`` library calls it:
 - ``POST /v1/checkout/sessions``: form-encoded (``line_items[0][price_data][unit_amount]``
   and so on), with ``Idempotency-Key`` (a repeat answers the first session; the key with
   other parameters is an ``idempotency_error``); ``GET /v1/checkout/sessions/{id}``;
-  ``GET /v1/checkout/sessions`` (a list, newest first, ``limit``).
+  ``GET /v1/checkout/sessions`` (a list, newest first: ``limit``, ``status``,
+  ``created[gte]``, ``starting_after``, and ``has_more``).
 - ``GET /pay/{id}``: the hosted page, with a Pay button; its ``POST`` marks the session
   complete and paid, delivers ``checkout.session.completed`` and sends the buyer to the
   success URL.
@@ -17,7 +18,9 @@ What it implements, in Stripe's shapes, as the ``stripe`` library calls it:
 - Test hooks under ``/_local/``: ``GET deliveries``; ``POST events/{id}/redeliver`` (the
   same event again, as Stripe's "resend"); ``POST sessions/{id}/events`` ``{type,
   payment_status?}`` (a new event, with a new id, about the session: a retried
-  completion, ``async_payment_failed`` ...).
+  completion, ``async_payment_failed`` ...); ``POST sessions/{id}/paid[?age_seconds=N]``
+  (the session complete and paid, its webhook never delivered: what the reconciliation
+  finds; ``age_seconds`` moves its creation time back).
 """
 
 from __future__ import annotations
@@ -251,14 +254,34 @@ def create_app(*, public_url: str, webhook_url: str, webhook_secret: str) -> Fas
         return JSONResponse(stand_in.sessions[session_id])
 
     @app.get("/v1/checkout/sessions")
-    async def list_sessions(limit: int = 10) -> dict[str, Any]:
-        newest = sorted(stand_in.sessions.values(), key=lambda s: s["created"], reverse=True)
-        return {
-            "object": "list",
-            "url": "/v1/checkout/sessions",
-            "data": newest[:limit],
-            "has_more": len(newest) > limit,
-        }
+    async def list_sessions(request: Request) -> Response:
+        query = request.query_params
+        try:
+            limit = int(query.get("limit", 10))
+            since = int(query.get("created[gte]", 0))
+        except ValueError:
+            return _error(400, "invalid_request_error", "Invalid integer.")
+        newest = sorted(
+            (
+                s
+                for s in stand_in.sessions.values()
+                if s["created"] >= since
+                and ("status" not in query or s["status"] == query["status"])
+            ),
+            key=lambda s: s["created"],
+            reverse=True,
+        )
+        if after := query.get("starting_after"):
+            ids = [s["id"] for s in newest]
+            newest = newest[ids.index(after) + 1 :] if after in ids else []
+        return JSONResponse(
+            {
+                "object": "list",
+                "url": "/v1/checkout/sessions",
+                "data": newest[:limit],
+                "has_more": len(newest) > limit,
+            }
+        )
 
     @app.get("/pay/{session_id}", response_class=HTMLResponse)
     async def payment_page(session_id: str) -> Response:
@@ -323,5 +346,14 @@ def create_app(*, public_url: str, webhook_url: str, webhook_secret: str) -> Fas
         event = stand_in.event(body.type, session)
         stand_in.deliver(event)
         return JSONResponse({"event_id": event["id"]}, status_code=202)
+
+    @app.post("/_local/sessions/{session_id}/paid")
+    async def paid_without_webhook(session_id: str, age_seconds: int = 0) -> Response:
+        session = stand_in.sessions.get(session_id)
+        if session is None:
+            return _error(404, "invalid_request_error", f"No such checkout.session: {session_id}")
+        session.update(status="complete", payment_status="paid")
+        session["created"] -= age_seconds  # as if it had been created that much earlier
+        return JSONResponse(session)
 
     return app
