@@ -70,10 +70,9 @@ class GenerationActivities:
         """Record the character, the generation's success and its terminal event in one
         transaction, then announce it."""
         assets = done.assets
-        repeat = await self._ended_before(done.generation_id, look=activity.info().attempt > 1)
         try:
             async with self.rt.db.connection() as conn:
-                terminal = await settlement.deliver(
+                delivered = await settlement.deliver(
                     conn,
                     records.Character(
                         id=UUID(done.character_id),
@@ -94,15 +93,16 @@ class GenerationActivities:
             await self.rt.storage.delete_prefix(keys.character_assets(done.character_id))
             activity.logger.info("not delivered: the account was deleted; assets deleted")
             return
-        if not repeat:  # see _ended_before
+        # Counted once its commit is done, by the call that ended it: a retry after the
+        # commit counts nothing, and a crash between the commit and here loses that count.
+        if delivered.ended_here:
             metrics.generation_completed()
-        await progress.announce(self.rt.redis, done.generation_id, terminal)
+        await progress.announce(self.rt.redis, done.generation_id, delivered.event)
 
     @activity.defn(name=contract.SETTLE_GENERATION)
     async def settle_generation(self, ending: SettleInput) -> SettleResult:
         """Refund, record the ending and its terminal event in one transaction, then
         announce it (billing/settlement.py)."""
-        repeat = await self._ended_before(ending.generation_id, look=True)
         try:
             async with self.rt.db.connection() as conn:
                 settled = await settlement.settle(
@@ -128,27 +128,12 @@ class GenerationActivities:
             ending.step,
             "refunded" if settled.refunded else "nothing to refund",
         )
-        if not repeat:  # see _ended_before
+        if settled.ended_here:  # as a delivery's count
             metrics.generation_settled(
                 ending.status, ending.step, ending.error_code, refunded=settled.refunded
             )
         await progress.announce(self.rt.redis, ending.generation_id, settled.event)
         return SettleResult(refunded=settled.refunded)
-
-    async def _ended_before(self, generation_id: str, *, look: bool) -> bool:
-        """Whether the generation had ended before this attempt began: then its ending is
-        not counted again (infra/metrics.py). Delivering and settling count once their
-        transaction has committed, so a retry after that commit (its attempt died or timed
-        out before Temporal heard back) finds the generation ended and counts nothing; a
-        crash between the commit and the count loses that one count. So each ending is
-        counted at most once. Only a retried complete needs the look (nothing else
-        completes a generation); a settle always looks, as another settler (the sweep,
-        a cancellation with no workflow) may have ended it first."""
-        if not look:
-            return False
-        async with self.rt.db.connection() as conn:
-            found = await records.generation(conn, UUID(generation_id))
-        return found is not None and found.status in contract.TERMINAL_STATUSES
 
     @activity.defn(name=contract.SEND_ALERT)
     async def send_alert(self, alert: AlertInput) -> None:

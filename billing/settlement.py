@@ -38,9 +38,12 @@ class Gone(LookupError):
     """The generation no longer exists: its account was deleted. Nothing was written."""
 
 
-async def _lock(conn: Conn, generation_id: UUID) -> None:
-    if not await records.lock_generation(conn, generation_id):
+async def _lock(conn: Conn, generation_id: UUID) -> bool:
+    """Lock the generation; whether it was still open (not yet ended by anyone)."""
+    status = await records.lock_generation(conn, generation_id)
+    if status is None:
         raise Gone(str(generation_id))
+    return status not in contract.TERMINAL_STATUSES
 
 
 @dataclass(frozen=True)
@@ -58,13 +61,22 @@ class Ending:
 class Settled:
     refunded: bool
     event: ProgressEvent  # the terminal event that stands (the first one written)
+    # This call ended the generation; False when another settler (or an earlier try of
+    # the same one, retried after its commit) had ended it already.
+    ended_here: bool = True
 
 
-async def deliver(conn: Conn, character: records.Character) -> ProgressEvent:
+@dataclass(frozen=True)
+class Delivered:
+    event: ProgressEvent  # the terminal event that stands
+    ended_here: bool  # as Settled's
+
+
+async def deliver(conn: Conn, character: records.Character) -> Delivered:
     """Record the character, the generation's success and its terminal event; Gone
     when the generation's account was deleted."""
     async with conn.transaction():
-        await _lock(conn, character.generation_id)
+        ended_here = await _lock(conn, character.generation_id)
         await records.insert_character(conn, character)
         await records.finish_generation(
             conn,
@@ -73,7 +85,7 @@ async def deliver(conn: Conn, character: records.Character) -> ProgressEvent:
             step="completed",
             character_id=character.id,
         )
-        return await progress.append(
+        event = await progress.append(
             conn,
             str(character.generation_id),
             event="completed",
@@ -83,6 +95,7 @@ async def deliver(conn: Conn, character: records.Character) -> ProgressEvent:
             percent=100,
             character_id=str(character.id),
         )
+    return Delivered(event=event, ended_here=ended_here)
 
 
 async def settle(
@@ -93,7 +106,7 @@ async def settle(
     the refund's key (``ledger.refund_key``); ``reason`` goes into the ledger. Gone when
     the generation's account was deleted."""
     async with conn.transaction():
-        await _lock(conn, generation_id)
+        ended_here = await _lock(conn, generation_id)
         refunded = await refund_charge(
             conn,
             generation_id,
@@ -107,7 +120,7 @@ async def settle(
             message=contract.settled_message(ending.message, refunded=refunded),
             refunded=refunded,
         )
-    return Settled(refunded=refunded, event=event)
+    return Settled(refunded=refunded, event=event, ended_here=ended_here)
 
 
 async def refund_charge(

@@ -523,13 +523,14 @@ async def lock_user_generations(conn: Conn, user_id: UUID) -> list[Generation]:
     return [Generation(**row) for row in await cur.fetchall()]
 
 
-async def lock_generation(conn: Conn, generation_id: UUID) -> bool:
-    """Lock the generation's row until the transaction ends; False when it no longer
-    exists (its account was deleted)."""
+async def lock_generation(conn: Conn, generation_id: UUID) -> str | None:
+    """Lock the generation's row until the transaction ends, and return its status as
+    locked; None when it no longer exists (its account was deleted)."""
     cur = await conn.execute(
-        "SELECT id FROM generations WHERE id = %s FOR UPDATE", (generation_id,)
+        "SELECT status FROM generations WHERE id = %s FOR UPDATE", (generation_id,)
     )
-    return await cur.fetchone() is not None
+    row = await cur.fetchone()
+    return str(row["status"]) if row else None
 
 
 async def erase_account(conn: Conn, user_id: UUID) -> list[ErasedGeneration]:

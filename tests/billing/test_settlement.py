@@ -45,6 +45,7 @@ async def test_three_settlers_racing_refund_once_and_end_the_log_once(
     assert await ledger_kinds(db, generation_id) == ["charge", "refund"]
     assert all(r.refunded for r in results)
     assert len({r.event.id for r in results}) == 1, "one terminal event stands for all"
+    assert sum(r.ended_here for r in results) == 1, "one settler ended it; metrics count it"
     async with db.connection() as conn:
         events = await progress.history(conn, str(generation_id))
         generation = await records.generation(conn, generation_id)
