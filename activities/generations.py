@@ -93,10 +93,6 @@ class GenerationActivities:
             await self.rt.storage.delete_prefix(keys.character_assets(done.character_id))
             activity.logger.info("not delivered: the account was deleted; assets deleted")
             return
-        # Counted once its commit is done, by the call that ended it: a retry after the
-        # commit counts nothing, and a crash between the commit and here loses that count.
-        if delivered.ended_here:
-            metrics.generation_completed()
         await progress.announce(self.rt.redis, done.generation_id, delivered.event)
 
     @activity.defn(name=contract.SETTLE_GENERATION)
@@ -128,10 +124,6 @@ class GenerationActivities:
             ending.step,
             "refunded" if settled.refunded else "nothing to refund",
         )
-        if settled.ended_here:  # as a delivery's count
-            metrics.generation_settled(
-                ending.status, ending.step, ending.error_code, refunded=settled.refunded
-            )
         await progress.announce(self.rt.redis, ending.generation_id, settled.event)
         return SettleResult(refunded=settled.refunded)
 

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from uuid import UUID
 
 from billing import ledger
-from infra import progress
+from infra import metrics, progress
 from infra.database import records
 from infra.database.records import Conn
 from infra.progress import ProgressEvent
@@ -95,6 +95,11 @@ async def deliver(conn: Conn, character: records.Character) -> Delivered:
             percent=100,
             character_id=str(character.id),
         )
+    # Counted here, the one place a generation ends, in whichever process ended it, once
+    # its transaction is done and only by the call that ended it: a retry after the commit
+    # counts nothing; a crash between the commit and here loses that one count.
+    if ended_here:
+        metrics.generation_completed()
     return Delivered(event=event, ended_here=ended_here)
 
 
@@ -120,6 +125,8 @@ async def settle(
             message=contract.settled_message(ending.message, refunded=refunded),
             refunded=refunded,
         )
+    if ended_here:  # counted as a delivery is (above)
+        metrics.generation_settled(ending.status, ending.step, ending.error_code, refunded=refunded)
     return Settled(refunded=refunded, event=event, ended_here=ended_here)
 
 

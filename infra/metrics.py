@@ -151,7 +151,9 @@ def generation_completed() -> None:
 
 
 def generation_settled(status: str, step: str, reason: str, *, refunded: bool) -> None:
-    """A generation the workflow settled: failed or cancelled, and maybe refunded."""
+    """A generation settled (billing/settlement.py, by its workflow, the sweep, the
+    reconciliation, a start Temporal refused, a cancel or a deletion): failed or
+    cancelled, and maybe refunded."""
     step, reason = _bounded(step), _bounded(reason)
     if status == "cancelled":
         GENERATIONS_CANCELLED.labels(step).inc()

@@ -8,6 +8,7 @@ import asyncio
 import uuid
 
 import httpx
+from prometheus_client import REGISTRY
 from psycopg_pool import AsyncConnectionPool
 
 from billing import ledger, settlement
@@ -37,6 +38,14 @@ async def test_three_settlers_racing_refund_once_and_end_the_log_once(
                 conn, generation_id, INTERNAL, settled_by=settled_by, reason="test"
             )
 
+    labels = {"step": "animate", "reason": "internal"}
+
+    def counted() -> tuple[float, float]:
+        failed = REGISTRY.get_sample_value("bitbuddies_generations_failed_total", labels)
+        refunded = REGISTRY.get_sample_value("bitbuddies_generations_refunded_total", labels)
+        return failed or 0.0, refunded or 0.0
+
+    before = counted()
     # The workflow's key (its own uuid4), the sweep's and the failed start's, each twice.
     settlers = [str(uuid.uuid4()), "sweep", "start"] * 2
     results = await asyncio.gather(*(settle(by) for by in settlers))
@@ -46,6 +55,8 @@ async def test_three_settlers_racing_refund_once_and_end_the_log_once(
     assert all(r.refunded for r in results)
     assert len({r.event.id for r in results}) == 1, "one terminal event stands for all"
     assert sum(r.ended_here for r in results) == 1, "one settler ended it; metrics count it"
+    # this process's metrics: the one ending counted once, whoever settled it
+    assert counted() == (before[0] + 1, before[1] + 1)
     async with db.connection() as conn:
         events = await progress.history(conn, str(generation_id))
         generation = await records.generation(conn, generation_id)
