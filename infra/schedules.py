@@ -25,70 +25,39 @@ from workflows import contract
 log = logging.getLogger("bitbuddies.schedules")
 
 
-def housekeeping(settings: Settings) -> Schedule:
+def _every(settings: Settings, workflow: str, schedule_id: str, seconds: float) -> Schedule:
+    """Start ``workflow`` on the housekeeping queue every ``seconds``. A run still going
+    when the next is due makes that one skip: never two at once."""
     return Schedule(
         action=ScheduleActionStartWorkflow(
-            contract.HOUSEKEEPING_WORKFLOW,
-            id=contract.HOUSEKEEPING_SCHEDULE,  # Temporal appends each run's time
+            workflow,
+            id=schedule_id,  # Temporal appends each run's time
             task_queue=settings.housekeeping_task_queue,
             execution_timeout=timedelta(minutes=15),
         ),
-        spec=ScheduleSpec(
-            intervals=[
-                ScheduleIntervalSpec(every=timedelta(seconds=settings.sweep_interval_seconds))
-            ]
-        ),
-        # A sweep still going when the next is due: skip the next, never run two at once.
-        policy=SchedulePolicy(overlap=ScheduleOverlapPolicy.SKIP),
-    )
-
-
-def alert_digest(settings: Settings) -> Schedule:
-    """The owner alerts' digest (infra/alerts.py): one message per group of suppressed
-    alerts, every ``alert_digest_interval_seconds``."""
-    return Schedule(
-        action=ScheduleActionStartWorkflow(
-            contract.ALERT_DIGEST_WORKFLOW,
-            id=contract.ALERT_DIGEST_SCHEDULE,  # Temporal appends each run's time
-            task_queue=settings.housekeeping_task_queue,
-            execution_timeout=timedelta(minutes=15),
-        ),
-        spec=ScheduleSpec(
-            intervals=[
-                ScheduleIntervalSpec(
-                    every=timedelta(seconds=settings.alert_digest_interval_seconds)
-                )
-            ]
-        ),
-        policy=SchedulePolicy(overlap=ScheduleOverlapPolicy.SKIP),
-    )
-
-
-def reconcile(settings: Settings) -> Schedule:
-    """Billing's reconciliation (billing/reconcile.py), every
-    ``reconcile_interval_seconds``; a run still going makes the next one skip."""
-    return Schedule(
-        action=ScheduleActionStartWorkflow(
-            contract.RECONCILE_WORKFLOW,
-            id=contract.RECONCILE_SCHEDULE,  # Temporal appends each run's time
-            task_queue=settings.housekeeping_task_queue,
-            execution_timeout=timedelta(minutes=15),
-        ),
-        spec=ScheduleSpec(
-            intervals=[
-                ScheduleIntervalSpec(every=timedelta(seconds=settings.reconcile_interval_seconds))
-            ]
-        ),
+        spec=ScheduleSpec(intervals=[ScheduleIntervalSpec(every=timedelta(seconds=seconds))]),
         policy=SchedulePolicy(overlap=ScheduleOverlapPolicy.SKIP),
     )
 
 
 def schedules(settings: Settings) -> dict[str, Schedule]:
-    """Every schedule, by id."""
+    """Every schedule, by id: the housekeeping sweep (activities/housekeeping.py), the
+    owner alerts' digest (infra/alerts.py) and billing's reconciliation
+    (billing/reconcile.py), each at its setting's interval."""
+    every = {
+        (contract.HOUSEKEEPING_WORKFLOW, contract.HOUSEKEEPING_SCHEDULE): (
+            settings.sweep_interval_seconds
+        ),
+        (contract.ALERT_DIGEST_WORKFLOW, contract.ALERT_DIGEST_SCHEDULE): (
+            settings.alert_digest_interval_seconds
+        ),
+        (contract.RECONCILE_WORKFLOW, contract.RECONCILE_SCHEDULE): (
+            settings.reconcile_interval_seconds
+        ),
+    }
     return {
-        contract.HOUSEKEEPING_SCHEDULE: housekeeping(settings),
-        contract.ALERT_DIGEST_SCHEDULE: alert_digest(settings),
-        contract.RECONCILE_SCHEDULE: reconcile(settings),
+        schedule_id: _every(settings, workflow, schedule_id, seconds)
+        for (workflow, schedule_id), seconds in every.items()
     }
 
 
