@@ -39,6 +39,7 @@ bench: $(STAMP)  ## print every benchmark beside its baseline (each starts its o
 	$(BIN)/python -m bench.sse_fanout
 	$(BIN)/python -m bench.burst_starts
 	$(BIN)/python -m bench.ledger_charges
+	$(BIN)/python -m bench.extension_cost
 
 lint: $(STAMP)
 	$(BIN)/ruff check --fix .

@@ -127,10 +127,12 @@ class Sweeper:
         expired = await records.delete_expired_credentials(conn)
         if expired.total:
             log.info(
-                "deleted expired credentials: %d sessions, %d bearer tokens, %d email tokens",
+                "deleted expired credentials: %d sessions, %d bearer tokens, %d email tokens,"
+                " %d pairing codes",
                 expired.sessions,
                 expired.bearer_tokens,
                 expired.email_tokens,
+                expired.pairing_codes,
             )
 
     async def _clean_up_after_erased(self, conn: Any) -> None:

@@ -201,6 +201,7 @@ async def me(user: CurrentUser, conn: ConnDep) -> MePublic:
         id=user.id,
         email=user.email,
         balance=await ledger.balance(conn, user.id),
+        owed=await ledger.owed(conn, user.id),
         email_verified=await records.email_verified(conn, user.id),
     )
 

@@ -19,6 +19,7 @@ from api import (
     accounts,
     billing,
     characters,
+    extension,
     files,
     generations,
     health,
@@ -31,6 +32,7 @@ from api import (
 )
 from api.docs import install_docs
 from api.errors import install_error_handlers
+from api.extension import ExtensionCors, extension_origins
 from api.limits import Limits
 from api.middleware import (
     MULTIPART_OVERHEAD,
@@ -154,6 +156,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         characters,
         ledger,
         shared,
+        extension,
         files,
         providers,
         billing,
@@ -185,6 +188,8 @@ def _install_middleware(app: FastAPI, settings: Settings) -> None:
             max_age=600,
         )
     app.add_middleware(BodyLimit, limit_for=limit_for)
+    # Outside the body limit, so the extension can read a 413 too.
+    app.add_middleware(ExtensionCors, origins=extension_origins(settings.extension_ids))
     public_host = (urlsplit(settings.public_url).hostname or "").lower()
     app.add_middleware(
         HostGuard,

@@ -8,6 +8,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Header, Request
 
+from api import limits
 from api.deps import CurrentUser
 from api.errors import documented
 from api.schemas import (
@@ -48,8 +49,10 @@ async def list_packs(_: CurrentUser, billing: BillingDep) -> PackList:
         401,
         403,
         422,
+        429,
         503,
         s422="No such pack, a bad Idempotency-Key, or one reused for another pack",
+        s429="Too many checkouts opened this hour",
         s503="The payment provider cannot be reached, or payments are off; retry",
     ),
 )
@@ -57,11 +60,13 @@ async def create_checkout(
     body: CheckoutCreate,
     user: CurrentUser,
     billing: BillingDep,
+    request: Request,
     idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
 ) -> CheckoutCreated:
     """A Stripe Checkout Session for one pack: send the buyer to ``url``. The tokens are
     credited when Stripe reports the payment (its webhook), not when the buyer comes
     back. The same Idempotency-Key gives back the same session."""
+    await limits.checkout_allowed(request, str(user.id))
     return CheckoutCreated(url=await billing.checkout(user.id, body.pack, idempotency_key))
 
 

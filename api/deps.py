@@ -154,6 +154,17 @@ async def _account_holder(caller: CurrentCaller) -> Caller:
 AccountHolder = Annotated[Caller, Depends(_account_holder)]
 
 
+async def _device_token(caller: CurrentCaller) -> str:
+    """The device token the request came with: for what only a device does to itself
+    (the extension unpairing)."""
+    if not caller.device or caller.token is None:
+        raise NotAllowed("Only a device token can do this; revoke devices from your account.")
+    return caller.token
+
+
+CurrentDeviceToken = Annotated[str, Depends(_device_token)]
+
+
 async def _current_user(caller: CurrentCaller) -> records.User:
     return caller.user
 

@@ -12,6 +12,7 @@ import logging
 from http import HTTPStatus
 from typing import Any
 
+import psycopg
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -29,6 +30,7 @@ log = logging.getLogger("bitbuddies.api")
 STATUS_OF: dict[type[DomainError], tuple[int, str]] = {
     errors.NotSignedIn: (401, "unauthorized"),
     errors.NoTokens: (402, "insufficient_tokens"),
+    errors.TokensOwed: (402, "tokens_owed"),
     errors.CsrfRefused: (403, "csrf_failed"),
     errors.NotAllowed: (403, "forbidden"),
     errors.NotFound: (404, "not_found"),
@@ -127,6 +129,25 @@ def install_error_handlers(app: FastAPI) -> None:
             message = "There is nothing at this address."
         return error_response(
             status, _CODES.get(status, "error"), message, headers=dict(exc.headers or {})
+        )
+
+    @app.exception_handler(psycopg.OperationalError)
+    async def _database_unavailable(request: Request, exc: Exception) -> JSONResponse:
+        # PostgreSQL out of reach, a connection lost mid-request, or the pool exhausted
+        # (PoolTimeout is one). A transaction cut off is rolled back, or, if the cut came
+        # during its COMMIT, may have landed: either way trying again is right, and a
+        # retry with the same Idempotency-Key finds whatever did land.
+        log.warning(
+            "database unavailable on %s %s: %s",
+            request.method,
+            request.url.path,
+            type(exc).__name__,
+        )
+        return error_response(
+            503,
+            "unavailable",
+            "The service is briefly unavailable; try again.",
+            headers={"Retry-After": "1"},
         )
 
     @app.exception_handler(Exception)

@@ -30,8 +30,10 @@ async def get_ledger(
         int, Query(ge=1, le=statements.MAX_PAGE, description="At most this many (1 to 100)")
     ] = statements.DEFAULT_PAGE,
 ) -> LedgerPage:
-    """Your token ledger, newest first: purchases, sign-up and other grants, charges
-    (each with its generation) and refunds. Page with ``next_before``."""
+    """Your token ledger, newest first: purchases (each with its payment), sign-up and
+    other grants, charges and refunds (each with its generation), and a refunded or
+    disputed payment's reversals, reinstatements and debt settlements. Page with
+    ``next_before``."""
     page = await statements.statement(conn, user.id, before=before, limit=limit)
     return LedgerPage(
         entries=[
@@ -41,6 +43,7 @@ async def get_ledger(
                 delta=e.delta,
                 created_at=e.created_at,
                 generation_id=e.generation_id,
+                payment_id=e.payment_id,
                 reason=e.reason,
             )
             for e in page.entries

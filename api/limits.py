@@ -8,6 +8,7 @@ signed-in user does.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from fastapi import Request
@@ -26,6 +27,8 @@ class Limits:
     login_failures: FailureBackoff
     starts_per_user: Quota
     mails_per_address: Quota
+    checkouts_per_user: Quota
+    pairing_per_ip: Quota
     streams_per_user: Concurrency
 
     @classmethod
@@ -39,6 +42,8 @@ class Limits:
                 "starts-user", settings.generation_starts_per_user_per_minute, 60
             ),
             mails_per_address=Quota("mails-address", settings.mails_per_address_per_hour, 3600),
+            checkouts_per_user=Quota("checkouts-user", settings.checkouts_per_user_per_hour, 3600),
+            pairing_per_ip=Quota("pairing-ip", settings.pairing_attempts_per_ip_per_minute, 60),
             streams_per_user=Concurrency("streams-user", settings.open_streams_per_user),
         )
 
@@ -56,11 +61,22 @@ def _refuse(decision: Decision, message: str) -> None:
         raise RateLimited(message, retry_after=decision.retry_after_header)
 
 
-async def signup_allowed(request: Request) -> None:
+async def _hit(
+    request: Request, quota: Callable[[Limits], Quota], identity: str, message: str
+) -> None:
+    """One more request of ``identity`` on ``quota``; RateLimited with ``message`` past it."""
     limits, redis = limits_of(request)
     if limits.enabled:
-        decision = await limits.signup_per_ip.hit(redis, client_address(request))
-        _refuse(decision, "Too many sign-ups from your address; try again later.")
+        _refuse(await quota(limits).hit(redis, identity), message)
+
+
+async def signup_allowed(request: Request) -> None:
+    await _hit(
+        request,
+        lambda limits: limits.signup_per_ip,
+        client_address(request),
+        "Too many sign-ups from your address; try again later.",
+    )
 
 
 async def login_allowed(request: Request, email: str) -> None:
@@ -85,19 +101,40 @@ async def login_result(request: Request, email: str, *, ok: bool) -> None:
 
 
 async def start_allowed(request: Request, user_id: str) -> None:
-    limits, redis = limits_of(request)
-    if limits.enabled:
-        _refuse(
-            await limits.starts_per_user.hit(redis, user_id),
-            "You are starting BitBuddies faster than we can make them; try again shortly.",
-        )
+    await _hit(
+        request,
+        lambda limits: limits.starts_per_user,
+        user_id,
+        "You are starting BitBuddies faster than we can make them; try again shortly.",
+    )
 
 
 async def mail_allowed(request: Request, email: str) -> None:
     """Before a verification or reset mail to ``email`` (normalised) is sent."""
-    limits, redis = limits_of(request)
-    if limits.enabled:
-        _refuse(
-            await limits.mails_per_address.hit(redis, email),
-            "Too many emails to this address; wait an hour, or look in your spam folder.",
-        )
+    await _hit(
+        request,
+        lambda limits: limits.mails_per_address,
+        email,
+        "Too many emails to this address; wait an hour, or look in your spam folder.",
+    )
+
+
+async def checkout_allowed(request: Request, user_id: str) -> None:
+    """Before a Checkout Session is opened for the user."""
+    await _hit(
+        request,
+        lambda limits: limits.checkouts_per_user,
+        user_id,
+        "Too many checkouts opened; finish one you started, or try again in an hour.",
+    )
+
+
+async def pairing_allowed(request: Request) -> None:
+    """Before a pairing code is redeemed, whether it turns out right or wrong: every try
+    counts, so nobody can guess their way through the live codes."""
+    await _hit(
+        request,
+        lambda limits: limits.pairing_per_ip,
+        client_address(request),
+        "Too many pairing attempts from your address; try again in a minute.",
+    )

@@ -101,10 +101,33 @@ class DeviceTokenList(BaseModel):
     tokens: list[DeviceTokenPublic]
 
 
+class PairingCodeCreated(BaseModel):
+    code: str = Field(description="Type it in the extension's popup: 8 characters, ABCD-EFGH")
+    expires_at: datetime = Field(description="It works once, until then (10 minutes)")
+
+
+class PairingRedeem(DeviceTokenCreate):
+    code: str = Field(
+        max_length=64, description="A pairing code, in any case, with or without its dash"
+    )
+    name: str = Field("Chrome extension", max_length=400, description="The device token's name")
+
+
+class ExtensionPublic(BaseModel):
+    extension_ids: list[str] = Field(
+        description="The Chrome extension's ids, for chrome.runtime.sendMessage"
+    )
+
+
 class MePublic(BaseModel):
     id: UUID
     email: str
     balance: int
+    owed: int = Field(
+        default=0,
+        description="Tokens owed for a payment refunded or disputed after its tokens were"
+        " spent; the next purchase settles them, and no generation starts until it does",
+    )
     email_verified: bool = Field(description="Whether the emailed verification link was followed")
 
 
@@ -229,11 +252,18 @@ class LedgerEntryPublic(BaseModel):
     id: int
     kind: str = Field(
         description="purchase, signup_grant, admin_grant (from us, with its reason), grant,"
-        " charge or refund; more kinds may come"
+        " charge, refund, reversal (tokens of a refunded or disputed payment taken back),"
+        " reinstatement (given back: a dispute won) or debt (tokens owed, settled out of a"
+        " credit); more kinds may come"
     )
     delta: int = Field(description="Tokens added (positive) or taken (negative)")
     created_at: datetime
     generation_id: UUID | None = Field(description="The generation a charge or refund is for")
+    payment_id: str | None = Field(
+        default=None,
+        description="The payment (Stripe Checkout Session) a purchase, reversal or"
+        " reinstatement belongs to",
+    )
     reason: str | None = Field(
         description="What it was, in words: the reason we gave for a grant of ours, else a"
         " description of its kind"

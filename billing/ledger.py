@@ -15,7 +15,13 @@ from uuid import UUID
 
 from psycopg import AsyncConnection
 
-EntryKind = Literal["grant", "purchase", "charge", "refund"]
+EntryKind = Literal["grant", "purchase", "charge", "refund", "reversal", "reinstatement", "debt"]
+# What each kind does: ``grant`` and ``purchase`` add tokens (a gift, a payment); a
+# ``charge`` spends one on a generation and its ``refund`` gives it back; a ``reversal``
+# takes back unspent tokens of a payment refunded or disputed at Stripe, and a
+# ``reinstatement`` returns them when a dispute is won; a ``debt`` entry settles part of
+# what an account owes (``token_debts``: what a reversal could not take because the tokens
+# were spent) out of a credit that just came in.
 
 
 class LedgerError(Exception):
@@ -28,6 +34,15 @@ class InsufficientTokens(LedgerError):
 
 class NothingToRefund(LedgerError):
     """No charge is recorded under that key."""
+
+
+class TokensOwed(InsufficientTokens):
+    """The account owes tokens (a payment taken back after its tokens were spent): no
+    charge until a credit settles it."""
+
+    def __init__(self, owed: int) -> None:
+        super().__init__(f"the account owes {owed} token(s)")
+        self.owed = owed
 
 
 class KeyReused(LedgerError):
@@ -46,13 +61,15 @@ class LedgerEntry:
     reason: str | None
     created_at: datetime
     erased_account: UUID | None = None  # a deleted account's entries: its random stand-in
+    payment_id: str | None = None  # the Checkout Session a purchase, reversal or
+    #                                reinstatement belongs to
 
 
 Conn = AsyncConnection[dict[str, Any]]
 
 _COLUMNS = (
     "id, user_id, delta, kind, idempotency_key, generation_id, refund_of, reason, created_at,"
-    " erased_account"
+    " erased_account, payment_id"
 )
 
 
@@ -84,9 +101,12 @@ async def _append(
     generation_id: UUID | None = None,
     refund_of: int | None = None,
     reason: str | None = None,
+    payment_id: str | None = None,
 ) -> LedgerEntry | None:
     """Move the balance and write the entry in one savepoint; None if the key (or the
-    refunded charge) was taken by a concurrent transaction, with the balance untouched."""
+    refunded charge) was taken by a concurrent transaction, with the balance untouched.
+    A credit to an account that owes tokens settles the debt out of it at once (a
+    ``debt`` entry after it), so an account never holds tokens while it owes."""
     try:
         async with conn.transaction():
             cur = await conn.execute(
@@ -94,20 +114,55 @@ async def _append(
                 " RETURNING tokens",
                 (delta, user_id, delta),
             )
-            if await cur.fetchone() is None:
+            moved = await cur.fetchone()
+            if moved is None:
                 raise InsufficientTokens(f"balance cannot cover {-delta} token(s)")
             cur = await conn.execute(
                 f"INSERT INTO ledger_entries (user_id, delta, kind, idempotency_key,"
-                f" generation_id, refund_of, reason) VALUES (%s, %s, %s, %s, %s, %s, %s)"
+                f" generation_id, refund_of, reason, payment_id)"
+                f" VALUES (%s, %s, %s, %s, %s, %s, %s, %s)"
                 f" ON CONFLICT DO NOTHING RETURNING {_COLUMNS}",
-                (user_id, delta, kind, key, generation_id, refund_of, reason),
+                (user_id, delta, kind, key, generation_id, refund_of, reason, payment_id),
             )
             row = await cur.fetchone()
             if row is None:
                 raise _Conflict
-            return LedgerEntry(**row)
+            entry = LedgerEntry(**row)
+            if delta > 0:
+                await _settle_debt(conn, user_id, int(moved["tokens"]), entry)
+            return entry
     except _Conflict:
         return None
+
+
+async def _settle_debt(conn: Conn, user_id: UUID, balance_now: int, credit: LedgerEntry) -> None:
+    """Pay what the account owes out of a credit that just came in (the balance row is
+    locked by that credit's update, so no other change of this account interleaves)."""
+    outstanding = await owed(conn, user_id)
+    settle = min(outstanding, balance_now)
+    if settle <= 0:
+        return
+    entry = await _append(
+        conn,
+        user_id=user_id,
+        delta=-settle,
+        kind="debt",
+        key=f"debt:settled-by:{credit.id}",
+        reason=f"settles {settle} token(s) owed, out of entry #{credit.id}",
+    )
+    assert entry is not None, "a fresh credit's settlement key cannot be taken"
+
+
+async def owed(conn: Conn, user_id: UUID) -> int:
+    """The tokens the account owes: its debts, less what ``debt`` entries settled."""
+    cur = await conn.execute(
+        "SELECT (SELECT coalesce(sum(tokens), 0) FROM token_debts WHERE user_id = %s)"
+        " + (SELECT coalesce(sum(delta), 0) FROM ledger_entries"
+        "    WHERE user_id = %s AND kind = 'debt') AS owed",
+        (user_id, user_id),
+    )
+    row = await cur.fetchone()
+    return int(row["owed"]) if row else 0
 
 
 async def open_account(conn: Conn, user_id: UUID) -> None:
@@ -124,14 +179,21 @@ async def grant(
     idempotency_key: str,
     kind: EntryKind = "grant",
     reason: str | None = None,
+    payment_id: str | None = None,
 ) -> LedgerEntry:
-    """Add tokens (a sign-up gift or a purchase)."""
+    """Add tokens (a sign-up gift, or a purchase with the payment it came from)."""
     if tokens <= 0:
         raise LedgerError("a grant adds at least one token")
     if existing := await _by_key(conn, idempotency_key):
         return _same(existing, user_id, kind)
     entry = await _append(
-        conn, user_id=user_id, delta=tokens, kind=kind, key=idempotency_key, reason=reason
+        conn,
+        user_id=user_id,
+        delta=tokens,
+        kind=kind,
+        key=idempotency_key,
+        reason=reason,
+        payment_id=payment_id,
     )
     if entry is None:
         entry = await _by_key(conn, idempotency_key)
@@ -162,17 +224,23 @@ async def grant_once(
 async def charge(
     conn: Conn, user_id: UUID, *, idempotency_key: str, generation_id: UUID, tokens: int = 1
 ) -> LedgerEntry:
-    """Spend tokens; InsufficientTokens when the balance cannot cover them."""
+    """Spend tokens; InsufficientTokens when the balance cannot cover them (TokensOwed
+    when that is because the account owes: it holds no tokens while it does)."""
     if existing := await _by_key(conn, idempotency_key):
         return _same(existing, user_id, "charge")
-    entry = await _append(
-        conn,
-        user_id=user_id,
-        delta=-tokens,
-        kind="charge",
-        key=idempotency_key,
-        generation_id=generation_id,
-    )
+    try:
+        entry = await _append(
+            conn,
+            user_id=user_id,
+            delta=-tokens,
+            kind="charge",
+            key=idempotency_key,
+            generation_id=generation_id,
+        )
+    except InsufficientTokens:
+        if (debt := await owed(conn, user_id)) > 0:
+            raise TokensOwed(debt) from None
+        raise
     if entry is None:
         entry = await _by_key(conn, idempotency_key)
         assert entry is not None
@@ -215,6 +283,107 @@ async def refund_of(conn: Conn, charge_id: int) -> LedgerEntry | None:
     return LedgerEntry(**row) if row else None
 
 
+# --- payments refunded or disputed at Stripe -----------------------------------------
+
+
+@dataclass(frozen=True)
+class PaymentAdjustment:
+    """What bringing a payment's take-back to its target moved."""
+
+    taken: int = 0  # unspent tokens taken back (a ``reversal``)
+    owed: int = 0  # tokens the account could not give back and now owes (a debt)
+    returned: int = 0  # tokens given back (a ``reinstatement``)
+    forgiven: int = 0  # debt of this payment cancelled
+
+    @property
+    def moved(self) -> bool:
+        return any((self.taken, self.owed, self.returned, self.forgiven))
+
+
+async def taken_back(conn: Conn, payment_id: str) -> int:
+    """The tokens of a payment taken back so far, net: reversals and debts, less
+    reinstatements and cancelled debts."""
+    cur = await conn.execute(
+        "SELECT (SELECT coalesce(-sum(delta), 0) FROM ledger_entries WHERE payment_id = %s"
+        "        AND kind IN ('reversal', 'reinstatement'))"
+        " + (SELECT coalesce(sum(tokens), 0) FROM token_debts WHERE session_id = %s) AS net",
+        (payment_id, payment_id),
+    )
+    row = await cur.fetchone()
+    assert row is not None
+    return int(row["net"])
+
+
+async def adjust_payment(
+    conn: Conn, user_id: UUID, payment_id: str, target: int, *, reason: str
+) -> PaymentAdjustment:
+    """Bring the tokens taken back from a payment (``taken_back``) to ``target``, in the
+    caller's transaction, which must hold the payment's row locked (billing/payments.py
+    does): more taken back comes out of the unspent balance first (a ``reversal``) and
+    the rest becomes a debt; less gives back, cancelling this payment's debt still owed
+    first and returning the rest (a ``reinstatement``, which settles any other debt).
+    Calling it again with the same target moves nothing."""
+    await conn.execute("SELECT 1 FROM balances WHERE user_id = %s FOR UPDATE", (user_id,))
+    cur = await conn.execute(
+        "SELECT (SELECT count(*) FROM ledger_entries WHERE payment_id = %s"
+        "        AND kind IN ('reversal', 'reinstatement'))"
+        " + (SELECT count(*) FROM token_debts WHERE session_id = %s) AS moves",
+        (payment_id, payment_id),
+    )
+    row = await cur.fetchone()
+    assert row is not None
+    step = int(row["moves"])  # the keys below are this adjustment's own
+    diff = target - await taken_back(conn, payment_id)
+    if diff > 0:
+        take = min(diff, await balance(conn, user_id))
+        if take:
+            entry = await _append(
+                conn,
+                user_id=user_id,
+                delta=-take,
+                kind="reversal",
+                key=_payment_key(payment_id, step, "reversal"),
+                reason=reason,
+                payment_id=payment_id,
+            )
+            assert entry is not None, "the payment's row is locked: its keys are free"
+        if diff - take:
+            await _add_debt(conn, user_id, payment_id, diff - take, step)
+        return PaymentAdjustment(taken=take, owed=diff - take)
+    if diff < 0:
+        back = -diff
+        cur = await conn.execute(
+            "SELECT coalesce(sum(tokens), 0) AS debt FROM token_debts WHERE session_id = %s",
+            (payment_id,),
+        )
+        debt_row = await cur.fetchone()
+        assert debt_row is not None
+        forgive = max(0, min(back, int(debt_row["debt"]), await owed(conn, user_id)))
+        if forgive:
+            await _add_debt(conn, user_id, payment_id, -forgive, step)
+        if back - forgive:
+            entry = await _append(
+                conn,
+                user_id=user_id,
+                delta=back - forgive,
+                kind="reinstatement",
+                key=_payment_key(payment_id, step, "reinstatement"),
+                reason=reason,
+                payment_id=payment_id,
+            )
+            assert entry is not None, "the payment's row is locked: its keys are free"
+        return PaymentAdjustment(returned=back - forgive, forgiven=forgive)
+    return PaymentAdjustment()
+
+
+async def _add_debt(conn: Conn, user_id: UUID, payment_id: str, tokens: int, step: int) -> None:
+    await conn.execute(
+        "INSERT INTO token_debts (user_id, session_id, tokens, idempotency_key)"
+        " VALUES (%s, %s, %s, %s)",
+        (user_id, payment_id, tokens, _payment_key(payment_id, step, "debt")),
+    )
+
+
 async def balance(conn: Conn, user_id: UUID) -> int:
     cur = await conn.execute("SELECT tokens FROM balances WHERE user_id = %s", (user_id,))
     row = await cur.fetchone()
@@ -231,13 +400,15 @@ async def entries_for_generation(conn: Conn, generation_id: UUID) -> list[Ledger
 
 async def erase_account(conn: Conn, user_id: UUID, erased_account: UUID) -> int:
     """Remove a deleted account's identity from its entries, which stay: the user, the
-    generation, the key and the reason go (keys and reasons name the user or their
-    generations); the amount, kind, refund link and time stay, under ``erased_account``,
-    a random id the caller makes and keeps nowhere. The one update the ledger's trigger
-    allows (migration 0013). Returns how many entries were erased."""
+    generation, the payment, the key and the reason go (keys and reasons name the user or
+    their generations, and Stripe ties a payment to its buyer); the amount, kind, refund
+    link and time stay, under ``erased_account``, a random id the caller makes and keeps
+    nowhere. The one update the ledger's trigger allows (migrations 0013, 0018). Returns
+    how many entries were erased."""
     cur = await conn.execute(
         "UPDATE ledger_entries SET user_id = NULL, erased_account = %s, generation_id = NULL,"
-        " reason = NULL, idempotency_key = 'erased:' || id WHERE user_id = %s",
+        " reason = NULL, payment_id = NULL, idempotency_key = 'erased:' || id"
+        " WHERE user_id = %s",
         (erased_account, user_id),
     )
     return cur.rowcount
@@ -264,6 +435,10 @@ Rule = Literal[
     "refunded_twice",  # more than one refund of one charge
     "refund_mismatch",  # a refund of no charge, of another owner's or generation's, or
     #                     of another amount
+    "debt_mismatch",  # an account that owes while it holds tokens, or settled more than
+    #                   it owed
+    "payment_taken_back",  # more taken back from a payment than it bought, or less than
+    #                        nothing
 ]
 
 
@@ -316,7 +491,38 @@ ORDER BY user_id, erased_account, id
 """
 _WRONG_SIGN = """
 SELECT id, user_id, erased_account, kind, delta FROM ledger_entries
-WHERE (kind = 'charge' AND delta >= 0) OR (kind IN ('grant', 'purchase') AND delta <= 0)
+WHERE (kind IN ('charge', 'reversal', 'debt') AND delta >= 0)
+   OR (kind IN ('grant', 'purchase', 'refund', 'reinstatement') AND delta <= 0)
+"""
+# What an account owes is its debts less its ``debt`` entries; a credit settles it at
+# once, so an account that owes holds nothing.
+_DEBT_MISMATCH = """
+WITH o AS (
+    SELECT user_id, sum(t) AS owed
+    FROM (SELECT user_id, tokens AS t FROM token_debts
+          UNION ALL
+          SELECT user_id, delta FROM ledger_entries WHERE kind = 'debt' AND user_id IS NOT NULL) x
+    GROUP BY user_id)
+SELECT o.user_id, o.owed, coalesce(b.tokens, 0) AS balance
+FROM o LEFT JOIN balances b ON b.user_id = o.user_id
+WHERE o.owed < 0 OR (o.owed > 0 AND coalesce(b.tokens, 0) > 0)
+"""
+# A payment's take-back (reversals and debts, less reinstatements and cancelled debts)
+# stays between nothing and what the payment bought.
+_PAYMENT_TAKEN_BACK = """
+WITH l AS (
+    SELECT payment_id, min(user_id::text)::uuid AS user_id,
+           coalesce(sum(delta) FILTER (WHERE kind = 'purchase'), 0) AS bought,
+           coalesce(-sum(delta) FILTER (WHERE kind IN ('reversal', 'reinstatement')), 0) AS back
+    FROM ledger_entries WHERE payment_id IS NOT NULL GROUP BY payment_id),
+d AS (
+    SELECT session_id, min(user_id::text)::uuid AS user_id, sum(tokens) AS owed
+    FROM token_debts GROUP BY session_id)
+SELECT coalesce(l.payment_id, d.session_id) AS payment_id,
+       coalesce(l.user_id, d.user_id) AS user_id, coalesce(l.bought, 0) AS bought,
+       coalesce(l.back, 0) + coalesce(d.owed, 0) AS net
+FROM l FULL JOIN d ON d.session_id = l.payment_id
+WHERE coalesce(l.back, 0) + coalesce(d.owed, 0) NOT BETWEEN 0 AND coalesce(l.bought, 0)
 """
 _UNOWNED = """
 SELECT id, user_id, erased_account FROM ledger_entries
@@ -383,7 +589,10 @@ async def check_invariant(conn: Conn) -> list[Violation]:
     - for every user, the stored balance equals the sum of their entries' deltas (a
       balance row with no entries holds 0; entries with no balance row are a mismatch);
     - no stored balance is negative, and no owner's running sum, in id order, ever was;
-    - charges take tokens, grants and purchases add them;
+    - charges, reversals and debt settlements take tokens; grants, purchases, refunds
+      and reinstatements add them;
+    - an account that owes tokens holds none, and never settled more than it owed; what
+      is taken back from a payment is between nothing and what it bought;
     - each generation is charged at most once, and its entries are its owner's;
     - each charge is refunded at most once; each refund refunds a charge of the same
       owner and the same generation, by the opposite amount.
@@ -480,6 +689,25 @@ async def check_invariant(conn: Conn) -> list[Violation]:
                 user_id=row["user_id"],
                 erased_account=row["erased_account"],
                 entry_id=row["id"],
+            )
+        )
+    for row in await rows(_DEBT_MISMATCH):
+        found.append(
+            Violation(
+                "debt_mismatch",
+                f"owes {row['owed']} token(s) while holding {row['balance']}"
+                if row["owed"] > 0
+                else f"settled {-row['owed']} token(s) more than it owed",
+                user_id=row["user_id"],
+            )
+        )
+    for row in await rows(_PAYMENT_TAKEN_BACK):
+        found.append(
+            Violation(
+                "payment_taken_back",
+                f"payment {row['payment_id']} bought {row['bought']} token(s), and"
+                f" {row['net']} are taken back",
+                user_id=row["user_id"],
             )
         )
     return found
@@ -580,6 +808,12 @@ def admin_grant_key(key: str) -> str:
     """The key an owner's grant is written under: the owner's own key (``--key``), so a
     repeated command grants once."""
     return f"{_ADMIN_GRANT_PREFIX}{key}"
+
+
+def _payment_key(payment_id: str, step: int, what: str) -> str:
+    """The key of the ``step``-th adjustment of a payment's take-back (its reversal,
+    reinstatement or debt row)."""
+    return f"payment:{payment_id}:{step}:{what}"
 
 
 def purchase_key(checkout_session_id: str) -> str:

@@ -14,7 +14,15 @@ Facts this relies on (stripe 16.1.0):
   300 s old (``SignatureVerificationError``); it must see the raw body.
 - ``checkout.sessions.list`` takes ``status``, ``created[gte]``, ``limit`` (at most 100)
   and ``starting_after`` (the last id of the previous page), newest first, with
-  ``has_more``.
+  ``has_more``; and ``payment_intent`` (the session that PaymentIntent paid).
+- A Checkout Session in ``mode=payment`` names its PaymentIntent (``payment_intent``) once
+  completed. A refund or a dispute names only the charge and its PaymentIntent:
+  ``charge.refunded`` carries the Charge (``amount``, ``amount_refunded``, cumulative,
+  ``payment_intent``), ``charge.dispute.*`` the Dispute (``id``, ``amount``, ``status``,
+  ``payment_intent``). A dispute's money is withdrawn unless it is an inquiry
+  (``warning_*``) and comes back when it is ``won``.
+- ``refunds.create(payment_intent=...)`` refunds the whole payment when no amount is
+  given; an idempotency key makes a repeat answer the same Refund.
 """
 
 from __future__ import annotations
@@ -47,6 +55,22 @@ SESSION_COMPLETED = "checkout.session.completed"  # paid unless payment_status s
 ASYNC_PAYMENT_SUCCEEDED = "checkout.session.async_payment_succeeded"
 ASYNC_PAYMENT_FAILED = "checkout.session.async_payment_failed"
 SESSION_EXPIRED = "checkout.session.expired"
+# The events that give money back (a refund made in Stripe's dashboard or by us) or hold
+# it (a dispute): each takes back the tokens that money bought.
+CHARGE_REFUNDED = "charge.refunded"
+DISPUTE_EVENTS = "charge.dispute."  # created, updated, funds_withdrawn, closed, ...
+DISPUTE_CLOSED = "charge.dispute.closed"
+# A dispute in these states holds no money: an inquiry (warning_*) withdraws nothing, and
+# a dispute won (or prevented) gives it back. Every other state (needs_response,
+# under_review, lost) has the money withdrawn.
+DISPUTE_NOT_HELD = (
+    "won",
+    "prevented",
+    "warning_needs_response",
+    "warning_under_review",
+    "warning_closed",
+)
+DISPUTE_FINAL = ("won", "lost", "warning_closed", "prevented")
 
 
 class PaymentProviderError(Exception):
@@ -166,6 +190,7 @@ LIST_PAGE = 100  # Stripe's largest page
 class PaidSession:
     id: str
     created: datetime
+    payment_intent: str | None = None
 
 
 async def paid_sessions(
@@ -190,13 +215,70 @@ async def paid_sessions(
             raise PaymentProviderError(str(err)) from err
         for session in page.data:
             if session.payment_status == "paid":
-                found.append(PaidSession(session.id, datetime.fromtimestamp(session.created, UTC)))
+                created = datetime.fromtimestamp(session.created, UTC)
+                intent = session.payment_intent
+                found.append(
+                    PaidSession(session.id, created, intent if isinstance(intent, str) else None)
+                )
         if not page.has_more or not page.data:
             break
         params["starting_after"] = page.data[-1].id
     else:
         log.warning("listed %d pages of paid sessions and stopped; more remain", max_pages)
     return found
+
+
+async def session_of_payment_intent(
+    client: stripe.StripeClient, payment_intent: str
+) -> tuple[str, str, str | None] | None:
+    """The Checkout Session Stripe says a PaymentIntent paid: (its id, its status, its
+    payment_status), or None when no session did (a payment that is not a checkout of
+    ours). PaymentProviderError when Stripe cannot be asked."""
+    try:
+        page = await client.v1.checkout.sessions.list_async(
+            {"payment_intent": payment_intent, "limit": 1}
+        )
+    except stripe.StripeError as err:
+        log.warning("Stripe refused or failed a session lookup: %s", type(err).__name__)
+        raise PaymentProviderError(str(err)) from err
+    if not page.data:
+        return None
+    session = page.data[0]
+    return session.id, str(session.status), session.payment_status
+
+
+async def refund_payment(
+    client: stripe.StripeClient, payment_intent: str, *, idempotency_key: str
+) -> str:
+    """Give a payment's money back in full at Stripe; the Refund's id. The same key
+    gives back the same refund. PaymentProviderError when Stripe cannot be asked."""
+    try:
+        refund = await client.v1.refunds.create_async(
+            {"payment_intent": payment_intent, "reason": "requested_by_customer"},
+            {"idempotency_key": idempotency_key},
+        )
+    except stripe.StripeError as err:
+        log.warning("Stripe refused or failed a refund: %s", type(err).__name__)
+        raise PaymentProviderError(str(err)) from err
+    return refund.id
+
+
+async def return_unowned(client: stripe.StripeClient | None, conn: Conn, move: CheckoutMove) -> str:
+    """Refund at Stripe, in full, a paid session of a deleted account (nobody to credit)
+    and record the refund on the session; its id. The key is the session's, so asking
+    again (a redelivered event, the reconciliation) refunds once. PaymentProviderError
+    when Stripe cannot be asked or the session's PaymentIntent is not known yet."""
+    row = await repo.checkout(conn, move.session.id)
+    assert row is not None
+    if row.returned_refund:
+        return row.returned_refund
+    if client is None or row.payment_intent is None:
+        raise PaymentProviderError(f"cannot refund {row.id} yet: no Stripe or no PaymentIntent")
+    refund_id = await refund_payment(
+        client, row.payment_intent, idempotency_key=f"return-unowned:{row.id}"
+    )
+    await repo.set_returned_refund(conn, row.id, refund_id)
+    return refund_id
 
 
 # --- how an event moves a session, and the credit ---------------------------------
@@ -232,17 +314,25 @@ def next_status(current: CheckoutStatus, event_type: str, payment_status: object
 
 
 async def apply_checkout_event(
-    conn: Conn, session_id: str, event_type: str, payment_status: object
+    conn: Conn,
+    session_id: str,
+    event_type: str,
+    payment_status: object,
+    payment_intent: object = None,
 ) -> CheckoutMove | None:
     """Apply an event about a session we recorded, in the caller's transaction: lock its
     row, move its status forward, and when that is paid, credit its pack as a ledger
     ``purchase`` under ``ledger.purchase_key`` (so whoever credits first, the webhook or
     the reconciliation, the other finds the entry and moves nothing). None for a session
     we never recorded. A paid session of a deleted account credits nothing and keeps its
-    status (``unowned``)."""
+    status (``unowned``). The PaymentIntent, when the event names it, is remembered (a
+    refund or dispute names only that); a refund or dispute that came before the credit
+    takes its share back at once."""
     row = await repo.checkout(conn, session_id, lock=True)
     if row is None:
         return None
+    if isinstance(payment_intent, str) and row.payment_intent is None:
+        await repo.set_payment_intent(conn, row.id, payment_intent)
     target = next_status(row.status, event_type, payment_status)
     if target == "paid":
         if row.user_id is None:
@@ -254,7 +344,85 @@ async def apply_checkout_event(
             idempotency_key=ledger.purchase_key(row.id),
             kind="purchase",
             reason=f"Stripe Checkout, pack {row.pack}",
+            payment_id=row.id,
         )
     if target != row.status:
         await repo.set_checkout_status(conn, row.id, target)
+    if target == "paid" and row.status != "paid":
+        await _take_back(conn, row, target)
     return CheckoutMove(row, target, credited=target == "paid")
+
+
+# --- refunds and disputes -----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PaymentChange:
+    """What a refund or dispute event did to a session's tokens."""
+
+    session: CheckoutSession  # the row before (locked while applied)
+    target: int  # the tokens that should now be taken back, of ``session.tokens``
+    adjustment: ledger.PaymentAdjustment
+
+
+def tokens_to_take_back(tokens: int, amount: int, refunded: int, disputed: int) -> int:
+    """The tokens a payment of ``amount`` for ``tokens`` loses when ``refunded`` of it
+    went back and ``disputed`` is held by disputes: in proportion, rounded up (a part of
+    a token given back is a whole token taken), never more than it bought."""
+    gone = max(0, min(amount, refunded + disputed))
+    return min(tokens, -(-tokens * gone // amount))
+
+
+async def apply_payment_change(
+    conn: Conn,
+    session_id: str,
+    *,
+    amount_refunded: int | None = None,
+    dispute: dict[str, Any] | None = None,
+    dispute_closed: bool = False,
+) -> PaymentChange | None:
+    """Apply a refund (Stripe's cumulative ``amount_refunded`` of the charge) or a
+    dispute's new state to a session we recorded, in the caller's transaction, and bring
+    the tokens taken back from it to what the money now says (``ledger.adjust_payment``).
+    State only moves forward (the refunded amount only grows, a closed dispute stays
+    closed), and the take-back is computed from that state, never added per event: the
+    same event twice, or events out of order, end the same. None for a session we never
+    recorded."""
+    row = await repo.checkout(conn, session_id, lock=True)
+    if row is None:
+        return None
+    if amount_refunded is not None:
+        await repo.raise_amount_refunded(conn, row.id, amount_refunded)
+    if dispute is not None:
+        status = str(dispute.get("status") or "needs_response")
+        await repo.record_dispute(
+            conn,
+            str(dispute["id"]),
+            row.id,
+            amount=int(dispute.get("amount") or row.amount),
+            status=status,
+            closed=dispute_closed or status in DISPUTE_FINAL,
+        )
+    target, adjustment = await _take_back(conn, row, row.status)
+    return PaymentChange(row, target, adjustment)
+
+
+async def _take_back(
+    conn: Conn, row: CheckoutSession, status: CheckoutStatus
+) -> tuple[int, ledger.PaymentAdjustment]:
+    """Take back (or give back) what the session's refunds and disputes now say. Only
+    a credited session of an account that still exists has tokens to take."""
+    if status != "paid" or row.user_id is None:
+        return 0, ledger.PaymentAdjustment()
+    now = await repo.checkout(conn, row.id)
+    assert now is not None
+    held = await repo.disputed_amount(conn, row.id, not_held=DISPUTE_NOT_HELD)
+    target = tokens_to_take_back(row.tokens, row.amount, now.amount_refunded, held)
+    adjustment = await ledger.adjust_payment(
+        conn,
+        row.user_id,
+        row.id,
+        target,
+        reason=f"Stripe payment {row.id}: {now.amount_refunded} refunded, {held} disputed",
+    )
+    return target, adjustment

@@ -16,7 +16,9 @@ normal path can never both move money:
    paid, created within ``PAID_WINDOW`` (``payments.paid_sessions``); each one we
    recorded (``checkout_sessions``) that is not yet paid is credited by
    ``payments.apply_checkout_event``, the webhook's own path, under the same ledger key
-   (``ledger.purchase_key``): the webhook arriving later credits nothing more.
+   (``ledger.purchase_key``): the webhook arriving later credits nothing more. One of a
+   deleted account (nobody to credit) is refunded in full at Stripe instead
+   (``payments.return_unowned``, keyed by the session: refunded once).
 
 Then it checks the ledger's invariant (``ledger.check_invariant``), and tells the owner
 in one ``reconciliation`` alert (infra/alerts.py) what it fixed and any violation, and
@@ -202,12 +204,13 @@ class Reconciler:
             context = {"checkout_session_id": session.id, "user_id": row.user_id}
             async with conn.transaction():
                 move = await payments.apply_checkout_event(
-                    conn, session.id, payments.SESSION_COMPLETED, "paid"
+                    conn, session.id, payments.SESSION_COMPLETED, "paid", session.payment_intent
                 )
             if move is None:
                 continue
             if move.unowned:
-                log.error("a deleted account's checkout was paid: refund it", extra=context)
+                if row.returned_refund is None:
+                    await self._return_unowned(conn, move, context)
             elif move.credited and move.session.status != "paid":
                 self.report.credited.append(session.id)
                 log.warning(
@@ -215,6 +218,21 @@ class Reconciler:
                     move.session.status,
                     extra=context,
                 )
+
+    async def _return_unowned(
+        self, conn: Conn, move: payments.CheckoutMove, context: dict[str, Any]
+    ) -> None:
+        """A deleted account's paid checkout whose webhook never came: its money goes
+        back (the webhook, if it comes, finds the refund recorded)."""
+        assert self.stripe is not None
+        try:
+            async with conn.transaction():
+                refund_id = await payments.return_unowned(self.stripe, conn, move)
+        except payments.PaymentProviderError:
+            log.warning("a deleted account's paid checkout cannot be refunded yet", extra=context)
+            return
+        self.report.returned.append(move.session.id)
+        log.warning("refunded a deleted account's paid checkout (%s)", refund_id, extra=context)
 
     # --- 3. the owner -------------------------------------------------------------------
 
@@ -227,6 +245,11 @@ class Reconciler:
             parts.append(f"refunded {len(report.refunded)}: {_ids(report.refunded)}")
         if report.credited:
             parts.append(f"credited {len(report.credited)} paid sessions: {_ids(report.credited)}")
+        if report.returned:
+            parts.append(
+                f"refunded {len(report.returned)} paid sessions of deleted accounts at Stripe:"
+                f" {_ids(report.returned)}"
+            )
         if report.violations:
             parts.append(
                 f"{len(report.violations)} ledger invariant violations (bitbuddies"

@@ -71,6 +71,7 @@ KINDS: Final[dict[str, Kind]] = {
     "stuck_generation": Kind(1, "a generation was stuck", "generations were stuck"),
     "generation_failed": Kind(0, "a generation failed", "generations failed"),
     "reconciliation": Kind(0, "a reconciliation fixed something", "reconciliation fixes"),
+    "payment_disputed": Kind(1, "a payment was disputed", "payments disputed"),
 }
 DIGEST: Final = "digest"  # the kind of a digest's own record
 
@@ -144,6 +145,38 @@ def generation_alert(
         refunded=refunded,
         link=workflow_link(settings, workflow_id, run_id) if workflow_id else None,
     )
+
+
+def payment_alert(
+    settings: Settings,
+    *,
+    source_key: str,
+    title: str,
+    user_id: str | None,
+    payment_intent: str | None,
+    error_class: str,
+    detail: str,
+) -> NewAlert:
+    """A payment disputed at Stripe: who, what it took back, and where to answer it
+    (Stripe's dashboard, within the dispute's deadline)."""
+    kind = "payment_disputed"
+    lines = [KINDS[kind].what, f"user: {user_id or '-'}", f"payment: {payment_intent or '-'}"]
+    lines.append(f"{error_class}: {detail}"[:ERROR_CHARS])
+    return NewAlert(
+        source_key=source_key,
+        kind=kind,
+        dedupe_key=dedupe_key(kind, "payment", error_class),
+        title=title,
+        message="\n".join(lines),
+        priority=priority_of(kind),
+        user_id=_uuid(user_id),
+        step="payment",
+        error_class=error_class,
+        link=f"{STRIPE_DASHBOARD}/payments/{payment_intent}" if payment_intent else None,
+    )
+
+
+STRIPE_DASHBOARD = "https://dashboard.stripe.com"
 
 
 def from_workflow(

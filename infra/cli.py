@@ -397,18 +397,26 @@ async def _ledger(args: argparse.Namespace, settings: Settings) -> int:
             print(f"no account with the email {args.email!r}", file=sys.stderr)
             return 1
         balance = await ledger.balance(conn, user.id)
+        owed = await ledger.owed(conn, user.id)
         entries = await ledger.entries_for_user(conn, user.id, limit=args.limit)
     print(f"user {user.email} ({user.id})")
     print(f"balance {balance}")
+    if owed:
+        print(f"owed {owed} (a payment refunded or disputed after its tokens were spent)")
     print()
     print(f"entries, newest first (at most {args.limit})")
     if not entries:
         print("  none")
     for entry in entries:
         refund_of = f"  refund of #{entry.refund_of}" if entry.refund_of is not None else ""
+        of = (
+            f"payment {entry.payment_id}"
+            if entry.payment_id
+            else f"generation {entry.generation_id or '-'}"
+        )
         print(
-            f"  #{entry.id}  {_when(entry.created_at)}  {ledger.statement_kind(entry):<12}"
-            f" {entry.delta:+d}  generation {entry.generation_id or '-'}{refund_of}"
+            f"  #{entry.id}  {_when(entry.created_at)}  {ledger.statement_kind(entry):<13}"
+            f" {entry.delta:+d}  {of}{refund_of}"
         )
         if entry.reason:
             print(f"      reason: {_flat(entry.reason)}")

@@ -47,6 +47,11 @@ class Settings(BaseSettings):
     # Origins allowed to call the API from a browser (CORS). None by default: the web
     # app is served by the API itself, so it needs none.
     cors_origins: list[str] = []
+    # The Chrome extension's ids: its origin, chrome-extension://<id>, gets CORS on the few
+    # routes it calls (api/extension.py), and the web app messages it by id to pair it.
+    # The default is our unpacked build's (fixed by its manifest's key); production sets
+    # the Chrome Web Store's.
+    extension_ids: list[str] = ["ighhgfpcngbokfoplnnjnpnnngdebald"]
     temporal_ui_url: str = "http://127.0.0.1:8233"
 
     # Services. Standard names (no prefix) so hosted deployments need no translation.
@@ -181,9 +186,15 @@ class Settings(BaseSettings):
     # last failure, doubling up to 15 minutes.
     login_failures_before_backoff: int = 5
     generation_starts_per_user_per_minute: int = 10
+    # Checkout Sessions a user opens: each is a call to Stripe, and a script opening them
+    # in a loop would spend our API quota and fill the table.
+    checkouts_per_user_per_hour: int = 20
     # Verification and reset mails to one address, whoever asks: nobody can flood an
     # inbox from many addresses of their own.
     mails_per_address_per_hour: int = 5
+    # Pairing codes redeemed from one address: a code is 8 of 31 characters and lives 10
+    # minutes, so 10 tries a minute leave a guesser one chance in billions per live code.
+    pairing_attempts_per_ip_per_minute: int = 10
     open_streams_per_user: int = 20
 
     # Metrics (infra/metrics.py): the API's GET /metrics, and each worker process's own
@@ -211,7 +222,24 @@ class Settings(BaseSettings):
                 raise ValueError("BITBUDDIES_SIGNING_SECRET must be set in production")
             if self.fal_key is None:
                 raise ValueError("FAL_KEY must be set in production")
+            self._check_stripe()
         return self
+
+    def _check_stripe(self) -> None:
+        """With payments on, both Stripe secrets, each of its kind: a key pasted into the
+        other's place would sign nothing we can verify, and every purchase would be paid
+        and never credited. (Without STRIPE_SECRET_KEY, purchases are off: 503.)"""
+        if self.stripe_secret_key is None:
+            return
+        if not self.stripe_secret_key.get_secret_value().startswith(("sk_", "rk_")):
+            raise ValueError("STRIPE_SECRET_KEY must be a Stripe secret key (sk_... or rk_...)")
+        secret = self.stripe_webhook_secret
+        if secret is None or not secret.get_secret_value().startswith("whsec_"):
+            raise ValueError(
+                "BITBUDDIES_STRIPE_WEBHOOK_SECRET must be the webhook endpoint's signing"
+                " secret (whsec_...) when STRIPE_SECRET_KEY is set: without it no purchase"
+                " is ever credited"
+            )
 
     @property
     def uses_placeholder_secret(self) -> bool:

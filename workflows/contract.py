@@ -584,6 +584,8 @@ class ReconcileReport:
 
     refunded: list[str] = field(default_factory=list)  # generation ids refunded now
     credited: list[str] = field(default_factory=list)  # Checkout Session ids credited now
+    # paid Checkout Sessions of deleted accounts, their money refunded at Stripe now
+    returned: list[str] = field(default_factory=list)
     violations: list[str] = field(default_factory=list)  # the ledger invariant's, as text
     sessions_checked: int = 0  # paid sessions Stripe listed
     # False: Stripe could not be asked (or payments are off); the refunds still ran
@@ -591,4 +593,4 @@ class ReconcileReport:
 
     @property
     def fixed_anything(self) -> bool:
-        return bool(self.refunded or self.credited)
+        return bool(self.refunded or self.credited or self.returned)

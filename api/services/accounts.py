@@ -1,7 +1,8 @@
 """Accounts: sign-up (hash, create, open the balance, grant, issue a token, mail the
 verification link), log-in (a bearer token for API clients, or a browser session),
 log-out, password change, which ends every other session and token, email verification
-and password reset by email. Deletion is in api/services/deletion.py.
+and password reset by email, device tokens and the pairing codes that make one for the
+Chrome extension. Deletion is in api/services/deletion.py.
 
 Free sign-up tokens: granted at sign-up in local mode; in production only once the email
 is verified (at most once: ``ledger.signup_grant_key``). Emailed links carry a random
@@ -9,6 +10,14 @@ token, stored as its SHA-256, used once, expiring (``email_verification_hours``,
 ``password_reset_minutes``); the link puts it after ``#`` so it never reaches a server's
 logs. Mail is sent in the background (infra/mail.py): a slow or failing mail server
 delays no answer, and a password reset answers the same whether the account exists.
+
+Pairing codes are the extension's fallback when the web app cannot message it: the
+account page shows a code, the person types it in the extension's popup, and the
+extension redeems it for a device token of its own. A code is 8 characters of an
+alphabet with no look-alikes (no 0/O, 1/I/L), is typed back in any case, with or without
+its dash or spaces, lives ``PAIRING_CODE_TTL``, works once and is stored as its SHA-256.
+31^8 is about 10^12 codes, and redeem attempts are rate limited per address
+(api/limits.py), so guessing a live one is hopeless.
 
 Password hashing holds no database connection: each call hashes or verifies first
 (bounded by ``Passwords``), then checks a connection out only for its short writes.
@@ -22,7 +31,7 @@ import secrets
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from psycopg_pool import AsyncConnectionPool
@@ -31,7 +40,7 @@ from api.services import text
 from api.services.errors import EmailTaken, InvalidInput, InvalidToken, NotFound, WrongPassword
 from api.services.passwords import Passwords
 from billing import ledger
-from infra.database import records
+from infra.database import pairing, records
 from infra.mail import Letter, Mailer, MailFailed
 from infra.settings import Settings
 
@@ -39,6 +48,14 @@ log = logging.getLogger("bitbuddies.accounts")
 
 _TAKEN = "An account with this email already exists; log in instead."
 _BAD_LINK = "This link is unknown, expired or was used already; ask for a new one."
+_BAD_CODE = (
+    "This code is unknown, expired or was used already; make a new one on your account page."
+)
+
+# Pairing codes: no 0, O, 1, I or L, which read alike; 8 characters, shown as two fours.
+PAIRING_ALPHABET = "ABCDEFGHJKMNPQRSTUVWXYZ23456789"
+PAIRING_CODE_LENGTH = 8
+PAIRING_CODE_TTL = timedelta(minutes=10)
 
 
 @dataclass(frozen=True)
@@ -53,6 +70,12 @@ class SignedUp:
     user_id: uuid.UUID
     email: str
     token: str
+
+
+@dataclass(frozen=True)
+class PairingCode:
+    code: str  # as shown: ABCD-EFGH
+    expires_at: datetime
 
 
 @dataclass(frozen=True)
@@ -275,14 +298,44 @@ class AccountService:
         SHA-256 is kept."""
         token = _new_token()
         async with self.pool.connection() as conn:
-            made = await records.insert_bearer_token(
-                conn,
-                token,
-                user.id,
-                timedelta(days=self.settings.device_token_days),
-                name=name,
-                device=True,
-            )
+            made = await self._insert_device_token(conn, token, user.id, name)
+        return token, made
+
+    async def _insert_device_token(
+        self, conn: records.Conn, token: str, user_id: uuid.UUID, name: str
+    ) -> records.DeviceToken:
+        return await records.insert_bearer_token(
+            conn,
+            token,
+            user_id,
+            timedelta(days=self.settings.device_token_days),
+            name=name,
+            device=True,
+        )
+
+    async def create_pairing_code(self, user: records.User) -> PairingCode:
+        """A new pairing code of ``user``, for ``pair``; another is drawn in the rare case
+        a live code is the same."""
+        async with self.pool.connection() as conn:
+            while True:
+                code = "".join(secrets.choice(PAIRING_ALPHABET) for _ in range(PAIRING_CODE_LENGTH))
+                expires_at = await pairing.insert_code(conn, code, user.id, PAIRING_CODE_TTL)
+                if expires_at is not None:
+                    return PairingCode(code=f"{code[:4]}-{code[4:]}", expires_at=expires_at)
+
+    async def pair(self, code: str, name: str) -> tuple[str, records.DeviceToken]:
+        """Redeem a pairing code for a new device token of its user, using the code up in
+        the same transaction (of two concurrent redeems, one gets the token).
+        InvalidToken when the code is unknown, expired or used (the three look alike)."""
+        typed = "".join(code.split()).replace("-", "").upper()
+        if len(typed) != PAIRING_CODE_LENGTH or not set(typed) <= set(PAIRING_ALPHABET):
+            raise InvalidToken(_BAD_CODE)
+        token = _new_token()
+        async with self.pool.connection() as conn, conn.transaction():
+            user_id = await pairing.use_code(conn, typed)
+            if user_id is None:
+                raise InvalidToken(_BAD_CODE)
+            made = await self._insert_device_token(conn, token, user_id, name)
         return token, made
 
     async def device_tokens(self, user: records.User) -> list[records.DeviceToken]:

@@ -54,6 +54,11 @@ class NoTokens(DomainError):
     """The balance cannot pay for the generation."""
 
 
+class TokensOwed(NoTokens):
+    """The account owes tokens (a payment refunded or disputed after its tokens were
+    spent): nothing is charged until a purchase settles it. ``owed`` says how many."""
+
+
 class EmailTaken(DomainError):
     """An account with this email exists."""
 
@@ -79,8 +84,8 @@ class AlreadyEnded(DomainError):
 
 
 class InvalidToken(DomainError):
-    """An email link's token (verification, password reset) is unknown, expired or was
-    used already (the three look the same)."""
+    """An email link's token (verification, password reset) or a pairing code is unknown,
+    expired or was used already (the three look the same)."""
 
 
 class WebhookRefused(DomainError):

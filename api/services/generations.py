@@ -30,6 +30,7 @@ from api.services.errors import (
     KeyReused,
     NotFound,
     NoTokens,
+    TokensOwed,
 )
 from api.services.photos import Upload, read_photo
 from billing import ledger
@@ -44,6 +45,19 @@ log = logging.getLogger("bitbuddies.generations")
 MAX_IDEMPOTENCY_KEY = 255
 READ_CHUNK = 1024 * 1024
 _NO_TOKENS = "You have no tokens left."
+
+
+def _no_tokens(owed: int) -> NoTokens:
+    """Why the balance cannot pay: none left, or a debt (a payment taken back after its
+    tokens were spent) that a purchase settles first."""
+    if owed > 0:
+        return TokensOwed(
+            f"A payment of yours was refunded or disputed after its tokens were spent, so"
+            f" you owe {owed} token{'s' if owed != 1 else ''}. Buy tokens to settle it and"
+            " make BitBuddies again.",
+            owed=owed,
+        )
+    return NoTokens(_NO_TOKENS)
 
 
 @dataclass(frozen=True)
@@ -102,7 +116,7 @@ class GenerationService:
         )
         async with self.pool.connection() as conn:
             if await ledger.balance(conn, request.user_id) < 1:
-                raise NoTokens(_NO_TOKENS)
+                raise _no_tokens(await ledger.owed(conn, request.user_id))
 
         generation_id = uuid.uuid4()
         photo_key = keys.input_photo(generation_id, checked.extension)
@@ -127,7 +141,7 @@ class GenerationService:
                     )
         except ledger.InsufficientTokens as err:
             await self.storage.delete(photo_key)
-            raise NoTokens(_NO_TOKENS) from err
+            raise _no_tokens(err.owed if isinstance(err, ledger.TokensOwed) else 0) from err
         except BaseException:
             await self.storage.delete(photo_key)
             raise

@@ -22,6 +22,9 @@ DESCRIPTIONS = {
     "grant": "Tokens from BitBuddies",
     "charge": "A BitBuddy",
     "refund": "Refund: that BitBuddy was not made",
+    "reversal": "Taken back: a payment was refunded or disputed",
+    "reinstatement": "Given back: a disputed payment stands",
+    "debt": "Settles tokens owed for a refunded or disputed payment",
 }
 
 
@@ -33,6 +36,7 @@ class StatementEntry:
     created_at: datetime
     generation_id: UUID | None
     reason: str | None
+    payment_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -59,6 +63,7 @@ async def statement(
                 created_at=e.created_at,
                 generation_id=e.generation_id,
                 reason=_reason(ledger.statement_kind(e), e.reason),
+                payment_id=e.payment_id,
             )
             for e in page
         ],

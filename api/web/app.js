@@ -5,7 +5,7 @@
 
 const $ = (sel, root = document) => root.querySelector(sel);
 const view = $("#view");
-const session = { csrf: null, user: null, balance: null };
+const session = { csrf: null, user: null, balance: null, owed: 0 };
 
 // --- HTTP ---------------------------------------------------------------------
 
@@ -84,7 +84,9 @@ async function refreshBalance(tries = 3) {
     return refreshBalance(tries - 1);
   }
   session.balance = me.balance;
-  const text = `Balance: ${tokens(me.balance)}`;
+  session.owed = me.owed || 0;
+  // Owed: a payment refunded or disputed after its tokens were spent; a purchase settles it.
+  const text = `Balance: ${tokens(me.balance)}` + (session.owed > 0 ? ` · you owe ${tokens(session.owed)}` : "");
   $("#balance").textContent = text;
   for (const slot of document.querySelectorAll("[data-balance]")) slot.textContent = text;
   return me;
@@ -137,7 +139,7 @@ function packButton(pack, panel) {
     $("[data-error]", panel).textContent = "";
     try {
       const { url } = await api("POST", "/v1/billing/checkout", { json: { pack: pack.id }, headers: { "Idempotency-Key": key } });
-      sessionStorage.setItem(PURCHASE, JSON.stringify({ balance: session.balance, tokens: pack.tokens }));
+      sessionStorage.setItem(PURCHASE, JSON.stringify({ balance: session.balance - session.owed, tokens: pack.tokens }));
       location.assign(url);
     } catch (error) {
       fail(panel, error);
@@ -188,26 +190,101 @@ function purchaseReturn(me) {
   };
   if (outcome === "cancelled") return finish("Payment cancelled; nothing was charged.");
   // Compared with the balance before leaving for checkout, as the credit may have landed
-  // before this page loaded; without it (another tab), with the balance shown now.
-  const baseline = before && Number.isInteger(before.balance) ? before.balance : me.balance;
+  // before this page loaded; without it (another tab), with the balance shown now. The
+  // balance less what is owed: a credit that first settles a debt moves that by all it adds.
+  const net = (me) => me.balance - (me.owed || 0);
+  const baseline = before && Number.isInteger(before.balance) ? before.balance : net(me);
   const bought = before && Number.isInteger(before.tokens) ? before.tokens : 1;
-  const landed = (balance) => {
-    if (balance - baseline < bought) return false;
-    finish(`+${tokens(before ? bought : balance - baseline)} added. Balance: ${tokens(balance)}.`);
+  const landed = (me) => {
+    if (net(me) - baseline < bought) return false;
+    finish(`+${tokens(before ? bought : net(me) - baseline)} added. Balance: ${tokens(me.balance)}.`);
     return true;
   };
   status.textContent = "Payment received; your tokens are on their way…";
-  if (landed(me.balance)) return;
+  if (landed(me)) return;
   const until = Date.now() + POLL_FOR_MS;
   const poll = async () => {
     const now = await refreshBalance(1).catch(() => null);
-    if (now && landed(now.balance)) return;
+    if (now && landed(now)) return;
     if (Date.now() >= until) {
       return finish("Your payment is still being confirmed; the tokens will be added to your balance as soon as it is. There is no need to pay again.");
     }
     setTimeout(poll, POLL_EVERY_MS);
   };
   setTimeout(poll, POLL_EVERY_MS);
+}
+
+// --- connecting the Chrome extension ------------------------------------------
+// The page asks each extension id the API lists (GET /v1/extension) whether it is
+// installed; the first that answers gets a new device token by message. Pages can only
+// message an extension that lists them as externally connectable; where none answers
+// (not installed, another browser), the page shows a pairing code to type in the
+// extension's popup instead, which the extension redeems itself (POST /v1/tokens/pair).
+
+const EXTENSION_NAME = "Chrome extension"; // the device token's name, in the devices list
+const HELLO_WAIT_MS = 2000; // an installed extension answers at once
+const PAIR_WAIT_MS = 10_000; // it stores the token first
+
+function messageExtension(id, message, waitMs) {
+  // The extension's answer, or null when none came (chrome.runtime.lastError: no
+  // extension of this id, or it did not answer).
+  return new Promise((resolve) => {
+    const timer = setTimeout(() => resolve(null), waitMs);
+    const answered = (answer) => {
+      clearTimeout(timer);
+      resolve(answer ?? null);
+    };
+    try {
+      window.chrome.runtime.sendMessage(id, message, (answer) => answered(window.chrome.runtime.lastError ? null : answer));
+    } catch {
+      answered(null);
+    }
+  });
+}
+
+async function installedExtension() {
+  const { extension_ids: ids } = await api("GET", "/v1/extension");
+  if (typeof window.chrome?.runtime?.sendMessage !== "function") return null;
+  for (const id of ids) {
+    const answer = await messageExtension(id, { type: "bitbuddies:hello" }, HELLO_WAIT_MS);
+    if (answer?.ok === true) return id;
+  }
+  return null;
+}
+
+async function pairByMessage(id) {
+  const made = await api("POST", "/v1/tokens", { json: { name: EXTENSION_NAME } });
+  const answer = await messageExtension(id, { type: "bitbuddies:pair", token: made.token, name: EXTENSION_NAME }, PAIR_WAIT_MS);
+  if (answer?.ok === true) return true;
+  // Not taken: leave no token behind that nothing holds.
+  await api("DELETE", `/v1/tokens/${made.id}`).catch(() => {});
+  return false;
+}
+
+function connectExtension(listDevices) {
+  const button = $("#connect-extension");
+  const status = $("#connect-status");
+  button.addEventListener("click", async () => {
+    button.disabled = true;
+    status.replaceChildren(el("p", { text: "Looking for the extension…" }));
+    try {
+      const id = await installedExtension();
+      if (id && (await pairByMessage(id))) {
+        status.replaceChildren(el("p", { class: "note", text: "Connected: your BitBuddy will walk on the pages you visit." }));
+        await listDevices();
+        return;
+      }
+      const { code } = await api("POST", "/v1/tokens/pairing-codes");
+      status.replaceChildren(
+        el("p", { class: "pairing-code", id: "pairing-code", text: code }),
+        el("p", { text: "Type this code in the BitBuddies extension's popup (valid 10 minutes)" }),
+      );
+    } catch (error) {
+      status.replaceChildren(el("p", { class: "error", text: error.message }));
+    } finally {
+      button.disabled = false;
+    }
+  });
 }
 
 // --- views --------------------------------------------------------------------
@@ -523,6 +600,7 @@ async function accountView() {
       }),
     );
   };
+  connectExtension(listDevices);
   await listDevices();
   const del = $("#delete-form");
   del.addEventListener("submit", async (event) => {

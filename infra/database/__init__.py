@@ -19,14 +19,44 @@ def open_pool(database_url: str, *, min_size: int = 1, max_size: int = 10) -> As
 
     Connections autocommit: a multi-statement change says so with ``conn.transaction()``,
     so nothing is ever left uncommitted by accident (a workflow must never start before
-    the row it reads is committed)."""
-    return AsyncConnectionPool(
+    the row it reads is committed).
+
+    Each connection is checked as it is handed out (``_Checked``): a connection
+    PostgreSQL closed meanwhile (a restart, a failover, ``pg_terminate_backend``) is
+    dropped and another one given, instead of failing the request or activity that drew
+    it (tests/billing/test_crashes.py)."""
+    checked = _Checked()
+    pool: AsyncConnectionPool = AsyncConnectionPool(
         database_url,
         min_size=min_size,
         max_size=max_size,
         open=False,
         kwargs={"row_factory": dict_row, "autocommit": True},
+        check=checked,
     )
+    checked.pool = pool
+    return pool
+
+
+class _Checked:
+    """The pool's check of a connection it hands out: one empty query. A dead one means
+    PostgreSQL dropped every connection of ours at once (a restart or failover), so the
+    check also sweeps the idle ones (``pool.check()``, in the background, one sweep at
+    a time). Without the sweep each dead connection is found by the next caller, and
+    psycopg_pool waits 1 s, then 2, 4, 8 ... between them: with six dead ones the caller
+    gives up (PoolTimeout) after 30 s."""
+
+    def __init__(self) -> None:
+        self.pool: AsyncConnectionPool[Any] | None = None
+        self._sweep: asyncio.Task[None] | None = None
+
+    async def __call__(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        try:
+            await AsyncConnectionPool.check_connection(conn)
+        except Exception:
+            if self.pool is not None and (self._sweep is None or self._sweep.done()):
+                self._sweep = asyncio.create_task(self.pool.check())
+            raise
 
 
 async def ping(pool: AsyncConnectionPool[Any]) -> None:

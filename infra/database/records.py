@@ -291,16 +291,18 @@ class ExpiredCredentials:
     sessions: int
     bearer_tokens: int
     email_tokens: int
+    pairing_codes: int
 
     @property
     def total(self) -> int:
-        return self.sessions + self.bearer_tokens + self.email_tokens
+        return self.sessions + self.bearer_tokens + self.email_tokens + self.pairing_codes
 
 
 async def delete_expired_credentials(conn: Conn) -> ExpiredCredentials:
-    """Delete every expired browser session, bearer token and email link token."""
+    """Delete every expired browser session, bearer token, email link token and pairing
+    code."""
     counts = []
-    for table in ("sessions", "bearer_tokens", "email_tokens"):
+    for table in ("sessions", "bearer_tokens", "email_tokens", "pairing_codes"):
         cur = await conn.execute(f"DELETE FROM {table} WHERE expires_at <= now()")
         counts.append(cur.rowcount)
     return ExpiredCredentials(*counts)

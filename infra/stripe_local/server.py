@@ -15,7 +15,15 @@ What it implements, in Stripe's shapes, as the ``stripe`` library calls it:
 - Delivery: each event is POSTed to the webhook URL with a ``Stripe-Signature`` made at
   that attempt with the webhook secret (``stripe.WebhookSignature``), retried with
   backoff (0.5 s doubling up to 30 s, 10 attempts) until a 2xx.
-- Test hooks under ``/_local/``: ``GET deliveries``; ``POST events/{id}/redeliver`` (the
+- ``POST /v1/refunds`` (``payment_intent``, optional ``amount``, ``Idempotency-Key``): a
+  refund of a paid session's payment, whole or in part, delivering ``charge.refunded``
+  with the Charge (its cumulative ``amount_refunded``). A paid session gets a
+  PaymentIntent (``payment_intent``) and a Charge; ``GET /v1/checkout/sessions`` filters
+  by ``payment_intent`` too.
+- Test hooks under ``/_local/``: ``GET refunds``; ``POST payments/{pi}/disputes``
+  ``{amount?, status?}`` (a dispute opened by the buyer's bank: ``charge.dispute.created``)
+  and ``POST disputes/{id}/close`` ``{status}`` (``won`` or ``lost``:
+  ``charge.dispute.closed``); ``GET deliveries``; ``POST events/{id}/redeliver`` (the
   same event again, as Stripe's "resend"); ``POST sessions/{id}/events`` ``{type,
   payment_status?}`` (a new event, with a new id, about the session: a retried
   completion, ``async_payment_failed`` ...); ``POST sessions/{id}/paid[?age_seconds=N]``
@@ -114,14 +122,27 @@ class SessionEvent(BaseModel):
     payment_status: str | None = None
 
 
+class DisputeOpen(BaseModel):
+    amount: int | None = None  # the whole payment unless given
+    status: str = "needs_response"
+
+
+class DisputeClose(BaseModel):
+    status: str  # won, lost, warning_closed
+
+
 class StandIn:
     def __init__(self, public_url: str, webhook_url: str, webhook_secret: str) -> None:
         self.public_url = public_url.rstrip("/")
         self.webhook_url = webhook_url
         self.secret = webhook_secret
         self.sessions: dict[str, dict[str, Any]] = {}
-        self.idempotency: dict[str, tuple[str, str]] = {}  # key -> (params, session id)
+        # Idempotency-Key -> (the request it came with, the object it made)
+        self.idempotency: dict[str, tuple[str, dict[str, Any]]] = {}
         self.deliveries: dict[str, Delivery] = {}
+        self.payments: dict[str, dict[str, Any]] = {}  # PaymentIntent id -> its Charge
+        self.refunds: dict[str, dict[str, Any]] = {}
+        self.disputes: dict[str, dict[str, Any]] = {}
         self.tasks: set[asyncio.Task[None]] = set()
         self.http: httpx.AsyncClient | None = None
 
@@ -151,6 +172,50 @@ class StandIn:
         }
         self.sessions[session_id] = session
         return session
+
+    @staticmethod
+    def _fingerprint(request: Request, params: dict[str, Any]) -> str:
+        return f"{request.url.path} {json.dumps(params, sort_keys=True)}"
+
+    def replay(self, key: str | None, request: Request, params: dict[str, Any]) -> Response | None:
+        """Stripe's idempotency: a key seen before answers the object it made (as it is
+        now), or an ``idempotency_error`` when it came with another request."""
+        if not key or key not in self.idempotency:
+            return None
+        seen, made = self.idempotency[key]
+        if seen != self._fingerprint(request, params):
+            return _error(
+                400,
+                "idempotency_error",
+                "Keys for idempotent requests can only be used with the same parameters.",
+            )
+        return JSONResponse(made)
+
+    def remember(
+        self, key: str | None, request: Request, params: dict[str, Any], made: dict[str, Any]
+    ) -> None:
+        if key:
+            self.idempotency[key] = (self._fingerprint(request, params), made)
+
+    def mark_paid(self, session: dict[str, Any]) -> None:
+        """The session complete and paid, by a new PaymentIntent (and its Charge)."""
+        session.update(status="complete", payment_status="paid")
+        if session.get("payment_intent"):
+            return
+        intent = _id("pi")
+        session["payment_intent"] = intent
+        self.payments[intent] = {
+            "id": _id("ch"),
+            "object": "charge",
+            "amount": session["amount_total"] or 0,
+            "amount_refunded": 0,
+            "currency": session["currency"],
+            "payment_intent": intent,
+            "refunded": False,
+            "disputed": False,
+            "paid": True,
+            "status": "succeeded",
+        }
 
     def event(self, kind: str, session: dict[str, Any]) -> dict[str, Any]:
         return {
@@ -232,19 +297,10 @@ def create_app(*, public_url: str, webhook_url: str, webhook_secret: str) -> Fas
             if not params.get(required):
                 return _error(400, "invalid_request_error", f"Missing {required}.", required)
         key = request.headers.get("idempotency-key")
-        fingerprint = json.dumps(params, sort_keys=True)
-        if key and key in stand_in.idempotency:
-            seen, session_id = stand_in.idempotency[key]
-            if seen != fingerprint:
-                return _error(
-                    400,
-                    "idempotency_error",
-                    "Keys for idempotent requests can only be used with the same parameters.",
-                )
-            return JSONResponse(stand_in.sessions[session_id])
+        if (replayed := stand_in.replay(key, request, params)) is not None:
+            return replayed
         session = stand_in.create_session(params)
-        if key:
-            stand_in.idempotency[key] = (fingerprint, session["id"])
+        stand_in.remember(key, request, params, session)
         return JSONResponse(session)
 
     @app.get("/v1/checkout/sessions/{session_id}")
@@ -267,6 +323,10 @@ def create_app(*, public_url: str, webhook_url: str, webhook_secret: str) -> Fas
                 for s in stand_in.sessions.values()
                 if s["created"] >= since
                 and ("status" not in query or s["status"] == query["status"])
+                and (
+                    "payment_intent" not in query
+                    or s.get("payment_intent") == query["payment_intent"]
+                )
             ),
             key=lambda s: s["created"],
             reverse=True,
@@ -282,6 +342,41 @@ def create_app(*, public_url: str, webhook_url: str, webhook_secret: str) -> Fas
                 "has_more": len(newest) > limit,
             }
         )
+
+    @app.post("/v1/refunds")
+    async def create_refund(request: Request) -> Response:
+        if not request.headers.get("authorization", "").startswith("Bearer sk_"):
+            return _error(401, "invalid_request_error", "Invalid API Key provided.")
+        params = parse_form(await request.body())
+        key = request.headers.get("idempotency-key")
+        if (replayed := stand_in.replay(key, request, params)) is not None:
+            return replayed
+        charge = stand_in.payments.get(str(params.get("payment_intent")))
+        if charge is None:
+            return _error(400, "invalid_request_error", "No such payment_intent.", "payment_intent")
+        left = charge["amount"] - charge["amount_refunded"]
+        amount = int(params.get("amount") or left)
+        if left <= 0:
+            return _error(400, "invalid_request_error", "Charge has already been refunded.")
+        if not 0 < amount <= left:
+            return _error(400, "invalid_request_error", "Refund amount is too large.", "amount")
+        charge["amount_refunded"] += amount
+        charge["refunded"] = charge["amount_refunded"] >= charge["amount"]
+        refund = {
+            "id": _id("re"),
+            "object": "refund",
+            "amount": amount,
+            "charge": charge["id"],
+            "payment_intent": charge["payment_intent"],
+            "currency": charge["currency"],
+            "reason": params.get("reason"),
+            "status": "succeeded",
+            "created": int(time.time()),
+        }
+        stand_in.refunds[refund["id"]] = refund
+        stand_in.remember(key, request, params, refund)
+        stand_in.deliver(stand_in.event("charge.refunded", charge))
+        return JSONResponse(refund)
 
     @app.get("/pay/{session_id}", response_class=HTMLResponse)
     async def payment_page(session_id: str) -> Response:
@@ -306,7 +401,7 @@ def create_app(*, public_url: str, webhook_url: str, webhook_secret: str) -> Fas
         if session is None:
             return HTMLResponse("<h1>No such checkout</h1>", status_code=404)
         if session["status"] == "open":
-            session.update(status="complete", payment_status="paid")
+            stand_in.mark_paid(session)
             stand_in.deliver(stand_in.event("checkout.session.completed", session))
         success = str(session["success_url"]).replace("{CHECKOUT_SESSION_ID}", session_id)
         return RedirectResponse(success, status_code=303)
@@ -320,6 +415,7 @@ def create_app(*, public_url: str, webhook_url: str, webhook_secret: str) -> Fas
                 "event_id": event_id,
                 "type": d.event["type"],
                 "session_id": d.event["data"]["object"].get("id"),
+                "payment_intent": d.event["data"]["object"].get("payment_intent"),
                 "attempts": d.attempts,
                 "delivered": d.delivered,
             }
@@ -343,16 +439,54 @@ def create_app(*, public_url: str, webhook_url: str, webhook_secret: str) -> Fas
             session["status"] = "complete"
         if body.payment_status is not None:
             session["payment_status"] = body.payment_status
+        if body.payment_status == "paid":
+            stand_in.mark_paid(session)
         event = stand_in.event(body.type, session)
         stand_in.deliver(event)
         return JSONResponse({"event_id": event["id"]}, status_code=202)
+
+    @app.get("/_local/refunds")
+    async def refunds() -> list[dict[str, Any]]:
+        return list(stand_in.refunds.values())
+
+    @app.post("/_local/payments/{payment_intent}/disputes", status_code=201)
+    async def open_dispute(payment_intent: str, body: DisputeOpen) -> Response:
+        charge = stand_in.payments.get(payment_intent)
+        if charge is None:
+            return _error(404, "invalid_request_error", f"No such payment_intent: {payment_intent}")
+        charge["disputed"] = True
+        dispute = {
+            "id": _id("dp"),
+            "object": "dispute",
+            "amount": body.amount or charge["amount"],
+            "charge": charge["id"],
+            "payment_intent": payment_intent,
+            "currency": charge["currency"],
+            "reason": "fraudulent",
+            "status": body.status,
+            "created": int(time.time()),
+        }
+        stand_in.disputes[dispute["id"]] = dispute
+        event = stand_in.event("charge.dispute.created", dispute)
+        stand_in.deliver(event)
+        return JSONResponse({"dispute": dispute, "event_id": event["id"]}, status_code=201)
+
+    @app.post("/_local/disputes/{dispute_id}/close")
+    async def close_dispute(dispute_id: str, body: DisputeClose) -> Response:
+        dispute = stand_in.disputes.get(dispute_id)
+        if dispute is None:
+            return _error(404, "invalid_request_error", f"No such dispute: {dispute_id}")
+        dispute["status"] = body.status
+        event = stand_in.event("charge.dispute.closed", dispute)
+        stand_in.deliver(event)
+        return JSONResponse({"dispute": dispute, "event_id": event["id"]})
 
     @app.post("/_local/sessions/{session_id}/paid")
     async def paid_without_webhook(session_id: str, age_seconds: int = 0) -> Response:
         session = stand_in.sessions.get(session_id)
         if session is None:
             return _error(404, "invalid_request_error", f"No such checkout.session: {session_id}")
-        session.update(status="complete", payment_status="paid")
+        stand_in.mark_paid(session)
         session["created"] -= age_seconds  # as if it had been created that much earlier
         return JSONResponse(session)
 

@@ -23,7 +23,13 @@ def _stored_inputs(stack: Stack) -> set[str]:
 async def test_signup_login_and_me(stack: Stack, http: httpx.AsyncClient) -> None:
     user = await signup(http)
     me = (await http.get("/v1/me", headers=user.headers)).json()
-    assert me == {"id": user.id, "email": user.email, "balance": 3, "email_verified": False}
+    assert me == {
+        "id": user.id,
+        "email": user.email,
+        "balance": 3,
+        "owed": 0,
+        "email_verified": False,
+    }
 
     again = await http.post(
         "/v1/auth/signup", json={"email": user.email.upper(), "password": "another fine password"}

@@ -55,6 +55,7 @@ async def test_sign_up_mails_a_link_that_verifies_the_email_once(
         "id": user.id,
         "email": user.email,
         "balance": 3,  # local mode grants at sign-up, verified or not
+        "owed": 0,
         "email_verified": False,
     }
     mail = await mailbox.wait_for(user.email, VERIFY)
@@ -73,6 +74,7 @@ async def test_sign_up_mails_a_link_that_verifies_the_email_once(
         "id": user.id,
         "email": user.email,
         "balance": 3,
+        "owed": 0,
         "email_verified": True,
     }
     # Used once; and its sibling went with it.

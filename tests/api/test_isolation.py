@@ -68,6 +68,9 @@ PUBLIC_ROUTES: dict[tuple[str, str], str] = {
     " signature is the credential (forgeries: tests/e2e/test_provider_webhooks.py)",
     ("POST", "/v1/billing/stripe/webhook"): "Stripe calls it; the Stripe-Signature over the"
     " body with our webhook secret is the credential (forgeries: tests/billing/test_stripe.py)",
+    ("GET", "/v1/extension"): "the extension's public ids, for the web app to message it",
+    ("POST", "/v1/tokens/pair"): "the pairing code (one use, 10 minutes, rate limited) is the"
+    " credential (tests/api/test_pairing.py)",
 }
 # What a shared character's public view may show on purpose, by the label of the
 # identifier (see ``Victim.secrets``). Today it shows the animation and its size alone,

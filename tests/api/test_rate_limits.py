@@ -28,6 +28,7 @@ LIMITED_ENV = {
     "BITBUDDIES_GENERATION_STARTS_PER_USER_PER_MINUTE": "2",
     "BITBUDDIES_OPEN_STREAMS_PER_USER": "3",
     "BITBUDDIES_MAILS_PER_ADDRESS_PER_HOUR": "3",
+    "BITBUDDIES_CHECKOUTS_PER_USER_PER_HOUR": "2",
 }
 
 
@@ -138,6 +139,33 @@ async def test_generation_starts_per_user_hold_across_processes(
     for response in started[:2]:
         events = await user.events(response.json()["id"])
         assert events[-1].event == "completed"
+
+
+async def test_checkouts_per_user_hold_across_processes_and_open_nothing_once_refused(
+    http: httpx.AsyncClient,
+    clients: list[httpx.AsyncClient],
+    db: AsyncConnectionPool,  # type: ignore[type-arg]
+) -> None:
+    user = await signup(http)
+    opened = [
+        await clients[i % 2].post(
+            "/v1/billing/checkout", json={"pack": "pack-10"}, headers=user.headers
+        )
+        for i in range(3)
+    ]
+    assert [r.status_code for r in opened[:2]] == [200, 200]
+    _assert_429(opened[2])
+    async with db.connection() as conn:
+        cur = await conn.execute(
+            "SELECT count(*) AS n FROM checkout_sessions WHERE user_id = %s", (uuid.UUID(user.id),)
+        )
+        row = await cur.fetchone()
+    assert row is not None and row["n"] == 2
+    other = await signup(http)  # another user's quota is their own
+    mine = await clients[0].post(
+        "/v1/billing/checkout", json={"pack": "pack-10"}, headers=other.headers
+    )
+    assert mine.status_code == 200, mine.text
 
 
 async def test_open_streams_per_user_hold_across_processes_and_free_on_close(

@@ -143,6 +143,51 @@ async def test_the_invariant_holds_and_reports_each_rule_broken_on_purpose(
         assert await ledger.check_invariant(conn) == []  # every scratch row rolled back
 
 
+async def test_debts_and_payments_taken_back_are_checked(
+    stack: Stack, http: httpx.AsyncClient, db: Pool
+) -> None:
+    a = await signup(http)
+    ua = uuid.UUID(a.id)
+    session = f"cs_test_{uuid.uuid4().hex}"
+    checkout = (
+        "INSERT INTO checkout_sessions (id, user_id, pack, tokens, amount, currency, status)"
+        " VALUES (%s, %s, 'pack-10', 10, 500, 'eur', 'paid')",
+        (session, ua),
+    )
+
+    def paid(delta: int, kind: str) -> tuple[str, tuple[Any, ...]]:
+        return (
+            "INSERT INTO ledger_entries (user_id, delta, kind, idempotency_key, payment_id)"
+            " VALUES (%s, %s, %s, %s, %s)",
+            (ua, delta, kind, f"scratch:{uuid.uuid4()}", session),
+        )
+
+    def move(delta: int) -> tuple[str, tuple[Any, ...]]:
+        return ("UPDATE balances SET tokens = tokens + %s WHERE user_id = %s", (delta, ua))
+
+    # Owing while holding tokens (a credit that did not settle the debt).
+    debt = (
+        "INSERT INTO token_debts (user_id, session_id, tokens, idempotency_key)"
+        " VALUES (%s, %s, 2, %s)",
+        (ua, session, f"scratch:{uuid.uuid4()}"),
+    )
+    found = await _broken(db, checkout, paid(10, "purchase"), move(10), debt)
+    assert _rules(found) == {("debt_mismatch", ua)}
+    assert "owes 2 token(s) while holding 13" in found[0].detail
+    # Settling more than was owed.
+    found = await _broken(db, _entry(ua, -1, "debt"), move(-1))
+    assert _rules(found) == {("debt_mismatch", ua)}
+    assert "settled 1 token(s) more than it owed" in found[0].detail
+    # Taking back more than the payment bought; a reversal that adds.
+    found = await _broken(db, checkout, paid(10, "purchase"), paid(-11, "reversal"), move(-1))
+    assert _rules(found) == {("payment_taken_back", ua)}
+    assert f"payment {session} bought 10 token(s), and 11 are taken back" in found[0].detail
+    found = await _broken(db, checkout, paid(10, "purchase"), paid(1, "reversal"), move(11))
+    assert _rules(found) == {("wrong_sign", ua), ("payment_taken_back", ua)}
+    async with db.connection() as conn:
+        assert await ledger.check_invariant(conn) == []
+
+
 async def test_a_deleted_accounts_entries_keep_the_invariant(
     stack: Stack, http: httpx.AsyncClient, db: Pool
 ) -> None:

@@ -13,7 +13,7 @@ from tests.conftest import Stack, insert_generation
 from tests.support.client import User, signup
 
 Pool = AsyncConnectionPool  # type: ignore[type-arg]
-FIELDS = {"id", "kind", "delta", "created_at", "generation_id", "reason"}
+FIELDS = {"id", "kind", "delta", "created_at", "generation_id", "payment_id", "reason"}
 
 
 async def _ledger(user: User, **params: str | int) -> httpx.Response:

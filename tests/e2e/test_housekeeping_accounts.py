@@ -1,5 +1,5 @@
-"""What the housekeeping sweep does for accounts: expired sessions, bearer tokens and
-email link tokens are deleted; and for a day after an account's deletion, whatever a
+"""What the housekeeping sweep does for accounts: expired sessions, bearer tokens, email
+link tokens and pairing codes are deleted; and for a day after an account's deletion, whatever a
 workflow still running then writes to its generations' storage is deleted again."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from datetime import timedelta
 import httpx
 from psycopg_pool import AsyncConnectionPool
 
-from infra.database import records
+from infra.database import pairing, records
 from infra.settings import Settings
 from infra.storage import keys, storage_from_settings
 from tests.conftest import Stack, insert_generation
@@ -50,13 +50,15 @@ async def test_the_sweep_deletes_expired_sessions_tokens_and_email_links(
                     purpose,  # type: ignore[arg-type]
                     ttl,
                 )
+            await pairing.insert_code(conn, secrets.token_urlsafe(), user_id, ttl)
 
     async def only_live_ones_left() -> bool:
         return (
             await _count(db, "bearer_tokens", user_id),
             await _count(db, "sessions", user_id),
             await _count(db, "email_tokens", user_id),
-        ) == (2, 1, 3)
+            await _count(db, "pairing_codes", user_id),
+        ) == (2, 1, 3, 1)
 
     await wait_until(only_live_ones_left, timeout=30)
     assert (await http.get("/v1/me", headers=user.headers)).status_code == 200

@@ -486,3 +486,75 @@ async def test_a_paid_purchase_shows_at_once_and_a_cancelled_one_charges_nothing
         await expect(page.locator("#balance")).to_have_text("Balance: 13 tokens")
         await screenshot(page, "purchase-cancelled")
         assert await _purchases(page) == [10]
+
+
+PAIRING_CODE = re.compile(r"^[A-HJKMNP-Z2-9]{4}-[A-HJKMNP-Z2-9]{4}$")
+EXTENSION_ID = "ighhgfpcngbokfoplnnjnpnnngdebald"  # the default BITBUDDIES_EXTENSION_IDS
+
+# Stands in for chrome.runtime as a page sees it with our extension installed (a page can
+# message only an extension that lists it as externally connectable): it answers the
+# hello, and keeps the token the pair message hands over.
+FAKE_EXTENSION = """
+window.chrome = window.chrome || {};
+window.chrome.runtime = {
+  lastError: undefined,
+  sendMessage(id, message, callback) {
+    setTimeout(() => {
+      if (id !== "EXTENSION_ID") {
+        window.chrome.runtime.lastError = { message: "Could not establish connection." };
+        callback(undefined);
+        window.chrome.runtime.lastError = undefined;
+        return;
+      }
+      if (message.type === "bitbuddies:pair") window.pairedToken = message.token;
+      callback({ ok: true });
+    }, 10);
+  },
+};
+""".replace("EXTENSION_ID", EXTENSION_ID)
+
+
+async def test_connect_the_extension_shows_a_code_that_pairs_it_when_it_cannot_be_messaged(
+    stack: Stack, browser: Browser, http: httpx.AsyncClient
+) -> None:
+    """No extension answers this browser's page: "Connect the extension" (by keyboard)
+    shows a pairing code, and that code, typed in the extension, makes a working token."""
+    async with visit(browser, stack.cfg.api_url) as visitor:
+        page = visitor.page
+        email = await _sign_up(page)
+        await page.goto("/account")
+        await expect(page.locator("#devices")).to_contain_text("No devices connected.")
+        await page.get_by_role("button", name="Connect the extension").focus()
+        await page.keyboard.press("Enter")
+        status = page.locator("#connect-status")
+        await expect(status).to_contain_text(
+            "Type this code in the BitBuddies extension's popup (valid 10 minutes)"
+        )
+        code = await page.locator("#pairing-code").inner_text()
+        assert PAIRING_CODE.match(code), code
+        assert await page.evaluate(UNLABELLED_CONTROLS) == []
+        await screenshot(page, "account-pairing-code")
+    paired = await http.post("/v1/tokens/pair", json={"code": code.lower()})
+    assert paired.status_code == 201, paired.text
+    me = await http.get("/v1/me", headers={"Authorization": f"Bearer {paired.json()['token']}"})
+    assert me.status_code == 200 and me.json()["email"] == email
+
+
+async def test_connect_the_extension_hands_an_installed_extension_a_device_token(
+    stack: Stack, browser: Browser, http: httpx.AsyncClient
+) -> None:
+    async with visit(browser, stack.cfg.api_url) as visitor:
+        page = visitor.page
+        await visitor.context.add_init_script(FAKE_EXTENSION)
+        email = await _sign_up(page)
+        await page.goto("/account")
+        await expect(page.locator("#devices")).to_contain_text("No devices connected.")
+        await page.get_by_role("button", name="Connect the extension").click()
+        await expect(page.locator("#connect-status")).to_have_text(
+            "Connected: your BitBuddy will walk on the pages you visit."
+        )
+        await expect(page.locator("#devices")).to_contain_text("Chrome extension")
+        await expect(page.locator("#pairing-code")).to_have_count(0)  # no code was needed
+        token = await page.evaluate("window.pairedToken")
+    me = await http.get("/v1/me", headers={"Authorization": f"Bearer {token}"})
+    assert me.status_code == 200 and me.json()["email"] == email

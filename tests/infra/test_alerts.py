@@ -279,4 +279,5 @@ def test_every_kind_has_a_pushover_priority() -> None:
         "stuck_generation": 1,
         "generation_failed": 0,
         "reconciliation": 0,
+        "payment_disputed": 1,
     }
