@@ -90,7 +90,7 @@ class ModelActivities:
             percent=step.percent,
             attempt=step.attempt,
             inputs=dict(step.files),
-            webhook=self.rt.settings.provider_webhooks,
+            webhook=self._webhooks(step.step),
         )
         # Announce the step (or its resubmission) and look for a job this step already
         # submitted (a retry), at once: both are idempotent, and a retry announcing again
@@ -164,11 +164,16 @@ class ModelActivities:
         job.request_id = handle.request_id
         return job
 
+    def _webhooks(self, step: str) -> bool:
+        """Whether the step's job reports its end by a webhook we can verify (the
+        workflow then waits for it), or is polled."""
+        return self.rt.settings.provider_webhooks and self.adapter.webhooks(step)
+
     def _webhook_url(self, step: ModelStepInput) -> str | None:
         """Where the provider reports the job's end (api/providers.py), when webhooks are
         on. It names the generation, so the API can signal its workflow at once, even
         before submit has recorded the job; the delivery's signature is what is trusted."""
-        if not self.rt.settings.provider_webhooks:
+        if not self._webhooks(step.step):
             return None
         base = self.rt.settings.public_url.rstrip("/")
         return f"{base}{contract.PROVIDER_WEBHOOK_PATH}?generation_id={step.generation_id}"
@@ -205,7 +210,14 @@ class ModelActivities:
         while (state := await self._look(job, last_state)) is not None:
             await queue.seen(queued=state.startswith("queued"))
             last_state = state
-            await asyncio.sleep(interval)
+            if await _worker_shutdown_within(interval):
+                # A poll holds nothing but its place: hand it back at once (Temporal
+                # retries it on another worker, or this one restarted), rather than keep
+                # a deploy waiting out the worker's graceful shutdown.
+                raise ApplicationError(
+                    f"{job.app} job {job.request_id}: handed back, this worker is stopping",
+                    type=WORKER_SHUTDOWN,
+                )
             interval = min(interval * POLL_BACKOFF, POLL_MAX_INTERVAL_SECONDS)
         await queue.seen(queued=False)
 
@@ -489,3 +501,15 @@ def _throttled_heartbeat(seconds: float) -> Callable[[], None]:
             last = now
 
     return beat
+
+
+WORKER_SHUTDOWN = "WorkerShutdown"  # a poll handed back by a stopping worker: retried
+
+
+async def _worker_shutdown_within(seconds: float) -> bool:
+    """Wait ``seconds``; True, at once, if the worker starts shutting down meanwhile."""
+    try:
+        await asyncio.wait_for(activity.wait_for_worker_shutdown(), seconds)
+    except TimeoutError:
+        return False
+    return True

@@ -12,8 +12,8 @@ import httpx
 from psycopg_pool import AsyncConnectionPool
 from redis.asyncio import Redis
 
+from activities.providers.fal import client_for
 from infra.database import open_pool
-from infra.falclient import fal_client_from_settings
 from infra.settings import Settings
 from infra.storage import Storage, storage_from_settings
 
@@ -49,7 +49,7 @@ async def open_runtime(settings: Settings) -> AsyncIterator[Runtime]:
             db=db,
             redis=redis,
             storage=storage_from_settings(settings),
-            fal=fal_client_from_settings(settings),
+            fal=client_for(settings),
             http=http,
         )
     finally:

@@ -53,6 +53,9 @@ RESUBSCRIBE_SECONDS = 1.0
 TICK_SECONDS = 5.0
 MAX_STREAM_SECONDS = 15 * 60  # then ask the client to reconnect (with Last-Event-ID)
 RETRY_MILLISECONDS = 1000
+# How long a stream has, once the server shuts down, to send its last word and end before
+# sse-starlette cancels it (well under uvicorn's --timeout-graceful-shutdown).
+SHUTDOWN_GRACE_SECONDS = 2.0
 RENEW_SECONDS = 20.0  # a live stream renews its place in the per-user limit (60 s lease)
 # Event ids are positions in the log: whole numbers the client echoes back. Anything else
 # (a sign, a fraction, a non-ASCII digit, more than PostgreSQL's bigint) is refused with
@@ -307,10 +310,16 @@ async def generation_events(
     # Finish database work before streaming: no connection is held for the stream's life.
     fallback = _from_record(generation)
 
+    # Set by sse-starlette when the server shuts down (a deploy's SIGTERM): the stream
+    # ends with a last word, and the client reconnects, to another API process behind the
+    # load balancer, resuming from its Last-Event-ID; uvicorn then stops without waiting
+    # out its graceful timeout on streams that never end by themselves.
+    shutdown = anyio.Event()
+
     async def stream() -> AsyncIterator[ServerSentEvent]:
         try:
             with metrics.OPEN_STREAMS.track_inprogress(), hub.watch(str(generation_id)) as feed:
-                async for event in _events(feed, start, fallback, renew):
+                async for event in _events(feed, start, fallback, renew, shutdown):
                     yield event
         finally:
             # A client that goes away cancels the stream; the release must still run, or
@@ -323,7 +332,13 @@ async def generation_events(
         if limits.enabled:
             await limits.streams_per_user.claim(redis, identity, holder)
 
-    return EventSourceResponse(stream(), ping=15, send_timeout=30)
+    return EventSourceResponse(
+        stream(),
+        ping=15,
+        send_timeout=30,
+        shutdown_event=shutdown,
+        shutdown_grace_period=SHUTDOWN_GRACE_SECONDS,
+    )
 
 
 async def _events(
@@ -331,14 +346,16 @@ async def _events(
     start: int,
     fallback: progress.ProgressEvent | None,
     renew: Callable[[], Awaitable[None]],
+    shutdown: anyio.Event,
 ) -> AsyncIterator[ServerSentEvent]:
-    """One stream's events after ``start``, until the terminal one or the time limit.
+    """One stream's events after ``start``, until the terminal one, the time limit or the
+    server's shutdown (the last two end with a word asking the client to reconnect).
     ``renew`` keeps the stream's place in the per-user limit while it lives."""
     sent = start
     loop = asyncio.get_running_loop()
     deadline = loop.time() + MAX_STREAM_SECONDS
     renew_at = loop.time() + RENEW_SECONDS
-    while (now := loop.time()) < deadline:
+    while (now := loop.time()) < deadline and not shutdown.is_set():
         if now >= renew_at:
             await renew()
             renew_at = now + RENEW_SECONDS
@@ -359,6 +376,19 @@ async def _events(
             if event.terminal:
                 return
         # No timer per stream: the hub wakes every feed at least every TICK_SECONDS.
-        await changed.wait()
-    # Still running after a long stream: the client reconnects with Last-Event-ID.
+        await _first_of(changed, shutdown)
+    # Still running after a long stream, or the server is going: the client reconnects
+    # with Last-Event-ID.
     yield ServerSentEvent(comment="reconnect", retry=RETRY_MILLISECONDS)
+
+
+async def _first_of(*events: asyncio.Event | anyio.Event) -> None:
+    """Wait until any of ``events`` is set."""
+    async with anyio.create_task_group() as waiting:
+
+        async def wait(event: asyncio.Event | anyio.Event) -> None:
+            await event.wait()
+            waiting.cancel_scope.cancel()
+
+        for event in events:
+            waiting.start_soon(wait, event)

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 from functools import cached_property
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, Field, SecretStr, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from workflows import contract
 from workflows.contract import HOUSEKEEPING_TASK_QUEUE, MAIN_TASK_QUEUE, MEDIA_TASK_QUEUE
 
 LOCAL_SECRET = "local-development-only"  # noqa: S105 - a placeholder, refused in production
@@ -28,6 +29,186 @@ class TokenPack(BaseModel):
     price: int = Field(gt=0)
     currency: str = Field(pattern=r"^[a-z]{3}$")
     stripe_price_id: str | None = None
+
+
+# --- hosted fal.ai models: the model map ----------------------------------------------
+#
+# One entry per model step (workflows/contract.py): the fal endpoint that runs it, how our
+# inputs become its arguments, how its result becomes our normalised StepResult, what a
+# call costs and how long it may take. activities/providers/fal.py reads it. Override any
+# step with JSON in BITBUDDIES_FAL_MODELS, e.g.
+#   {"cartoonify": {"cost_usd": 0.05}}                      (one field of one step)
+#   {"segment_video": {"endpoint": "veed/video-background-removal", "arguments": ...}}
+# A step whose endpoint changes must bring its whole mapping (arguments, files, cost_usd,
+# timeout_seconds): the old endpoint's would not fit the new one.
+#
+# Argument sources, by prefix:  url:<role>  the input file's URL;  urls:<role>  a list of
+# that one URL;  param:<name>  our parameter as is (left out when we have none);
+# text:<template>  a string, our parameters filled in with str.format ({prompt}).
+# Result paths are dotted, list items by index: "images.0", "video", "nsfw_probability".
+OURS = "ours"  # the endpoint of a step fal has no model for: our model server runs it
+ARGUMENT_SOURCES = ("url", "urls", "param", "text")
+OUTPUT_ROLES = (contract.IMAGE, contract.MASK, contract.VIDEO, contract.MASK_VIDEO)
+
+
+class FalOutputFile(BaseModel):
+    """Where a result names one of our files, and its type if the result does not say."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    path: str = Field(min_length=1)
+    content_type: str = Field(pattern=r"^[a-z]+/[a-z0-9.+-]+$")
+
+
+class FalStepModel(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    endpoint: str = Field(min_length=1)  # fal's app id, or OURS
+    arguments: dict[str, str] = {}  # fal's argument name -> a source (see above)
+    fixed: dict[str, Any] = {}  # arguments whatever the step is asked
+    files: dict[str, FalOutputFile] = {}  # our role -> where the result names it
+    data: dict[str, str] = {}  # our fact -> where the result says it
+    data_fixed: dict[str, Any] = {}  # facts the endpoint implies (None: not known)
+    cost_usd: float = Field(ge=0)  # per call, at our render settings
+    cost_basis: str = ""  # where cost_usd comes from
+    timeout_seconds: float = Field(gt=0)  # the job's allowance at the provider
+
+    @model_validator(mode="after")
+    def _check_mapping(self) -> FalStepModel:
+        for name, source in self.arguments.items():
+            kind, sep, rest = source.partition(":")
+            if not sep or kind not in ARGUMENT_SOURCES or not rest:
+                raise ValueError(
+                    f"argument {name!r}: source {source!r} is not one of"
+                    f" {', '.join(k + ':...' for k in ARGUMENT_SOURCES)}"
+                )
+            if kind in ("url", "urls") and rest not in OUTPUT_ROLES:
+                raise ValueError(f"argument {name!r}: {rest!r} is not a file role")
+        if unknown := set(self.files) - set(OUTPUT_ROLES):
+            raise ValueError(f"files: {sorted(unknown)} are not roles ({', '.join(OUTPUT_ROLES)})")
+        if self.endpoint != OURS and not self.files and not self.data:
+            raise ValueError("a fal endpoint's result must give files or data")
+        return self
+
+
+_PNG = {"content_type": "image/png"}
+# The defaults, from fal's documented endpoints (FACTS.md, "Hosted fal.ai models").
+DEFAULT_FAL_MODELS: dict[str, dict[str, Any]] = {
+    contract.NSFW_FILTER.name: {
+        "endpoint": "fal-ai/imageutils/nsfw",
+        "arguments": {"image_url": "url:image"},
+        "data": {"nsfw_probability": "nsfw_probability"},
+        "cost_usd": 0.001,
+        "cost_basis": "estimate: fal bills this utility by compute, about a second",
+        "timeout_seconds": 120,
+    },
+    # fal has no face/figure finder: our model server's analyze app runs it (at
+    # model_server_url), with the local adapter's arguments and result.
+    contract.ANALYZE.name: {
+        "endpoint": OURS,
+        "cost_usd": 0.0,
+        "cost_basis": "our own model server",
+        "timeout_seconds": 120,
+    },
+    contract.CARTOONIFY.name: {
+        "endpoint": "fal-ai/flux-pro/kontext",
+        "arguments": {
+            "prompt": "text:Redraw this photo as a cute cartoon character: flat colours,"
+            " bold clean ink outlines, same person, pose, face and clothes, plain"
+            " light background. {prompt}",
+            "image_url": "url:image",
+        },
+        "fixed": {"output_format": "png"},
+        "files": {contract.IMAGE: {"path": "images.0", **_PNG}},
+        # Kontext picks its own output size: a face found in its input is not in the
+        # same place in its output.
+        "data_fixed": {"face": None, "expanded": False},
+        "cost_usd": 0.04,
+        "cost_basis": "fal/BFL price list: $0.04 an image",
+        "timeout_seconds": 600,
+    },
+    contract.EXPAND.name: {
+        "endpoint": "fal-ai/bria/expand",
+        "arguments": {"image_url": "url:image"},
+        # Our cartoon (about 1024 px square from Kontext) is placed at the top of a
+        # taller canvas; the model draws the body below it.
+        "fixed": {
+            "canvas_size": [1024, 1536],
+            "original_image_size": [768, 768],
+            "original_image_location": [128, 0],
+        },
+        "files": {contract.IMAGE: {"path": "image", **_PNG}},
+        "data_fixed": {"face": None, "expanded": True},
+        "cost_usd": 0.04,
+        "cost_basis": "estimate: not in FACTS; Bria's image tools are about $0.04",
+        "timeout_seconds": 600,
+    },
+    contract.SEGMENT_IMAGE.name: {
+        "endpoint": "fal-ai/birefnet/v2",
+        "arguments": {"image_url": "url:image"},
+        "fixed": {"output_format": "png", "output_mask": True},
+        "files": {contract.MASK: {"path": "mask_image", **_PNG}},
+        "cost_usd": 0.002,
+        "cost_basis": "estimate: billed by compute, a few GPU seconds",
+        "timeout_seconds": 300,
+    },
+    contract.ANIMATE.name: {
+        "endpoint": "fal-ai/kling-video/v2.1/standard/image-to-video",
+        "arguments": {
+            "prompt": "text:The cartoon character moves in place, whole body in view,"
+            " still camera, still background. {prompt}",
+            "image_url": "url:image",
+        },
+        # Kling makes 5 or 10 s clips; 5 s is our default length (and its price).
+        "fixed": {"duration": "5", "negative_prompt": "camera movement, zoom, cut, blur"},
+        "files": {contract.VIDEO: {"path": "video", "content_type": "video/mp4"}},
+        "cost_usd": 0.28,
+        "cost_basis": "fal: $0.28 per 5 s clip",
+        "timeout_seconds": 1200,
+    },
+    # birefnet's mask video is the grey matte our transcode merges as alpha. The other
+    # documented choice, veed/video-background-removal with output_codec vp9, gives one
+    # video with alpha instead (see tests/activities/test_fal_adapter.py).
+    contract.SEGMENT_VIDEO.name: {
+        "endpoint": "fal-ai/birefnet/v2/video",
+        "arguments": {"video_url": "url:video"},
+        "fixed": {"video_output_type": "VP9 (.webm)", "output_mask": True},
+        "files": {contract.MASK_VIDEO: {"path": "mask_video", "content_type": "video/webm"}},
+        "data_fixed": {"alpha_video": False},
+        "cost_usd": 0.06,
+        "cost_basis": "estimate: not in FACTS; veed's documented $0.015 per 30 frames x 120 frames",
+        "timeout_seconds": 900,
+    },
+}
+
+
+def merge_fal_models(overrides: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The default model map with ``overrides`` (step -> some of its fields) laid over it.
+    Unknown steps, and a new endpoint without its own mapping, are refused."""
+    steps = [step.name for step in contract.MODEL_STEPS]
+    if unknown := sorted(set(overrides) - set(steps)):
+        raise ValueError(
+            f"BITBUDDIES_FAL_MODELS names unknown step(s) {unknown}; steps: {', '.join(steps)}"
+        )
+    merged = {step: dict(DEFAULT_FAL_MODELS[step]) for step in steps}
+    for step, fields in overrides.items():
+        if not isinstance(fields, dict):
+            raise ValueError(f"BITBUDDIES_FAL_MODELS[{step!r}] must be an object")
+        new_endpoint = fields.get("endpoint", merged[step]["endpoint"])
+        if new_endpoint != merged[step]["endpoint"]:
+            needed = ["cost_usd", "timeout_seconds"]
+            if new_endpoint != OURS:
+                needed += ["arguments", "files" if "data" not in fields else "data"]
+            if missing := [name for name in needed if name not in fields]:
+                raise ValueError(
+                    f"BITBUDDIES_FAL_MODELS[{step!r}] swaps the endpoint to {new_endpoint!r}"
+                    f" but does not give its {', '.join(missing)}: the old endpoint's would"
+                    " not fit"
+                )
+            merged[step] = dict(fields)
+        else:
+            merged[step].update(fields)
+    return merged
 
 
 class Settings(BaseSettings):
@@ -69,11 +250,21 @@ class Settings(BaseSettings):
     worker_main_activities: int = Field(200, ge=1)
     worker_media_activities: int = Field(0, ge=0)
     worker_housekeeping_activities: int = Field(1, ge=1)
+    # How long a stopping worker (SIGTERM, a deploy) lets its running activities finish
+    # before cancelling them (they are retried elsewhere); polls hand back at once. Keep
+    # it below the orchestrator's kill deadline (Kubernetes: terminationGracePeriodSeconds).
+    worker_shutdown_grace_seconds: float = Field(20.0, ge=0)
 
     # Models: fal.ai when FAL_KEY is set, else our local queue-protocol server.
     fal_key: SecretStr | None = Field(None, validation_alias="FAL_KEY")
     model_server_url: str = "http://127.0.0.1:8010"
     model_concurrency: int = 2  # jobs in flight per model, across all workers
+    # Hosted models, step by step (the model map above); a JSON object of overrides.
+    fal_models: dict[str, FalStepModel] = Field(
+        default_factory=lambda: {
+            step: FalStepModel.model_validate(fields) for step, fields in DEFAULT_FAL_MODELS.items()
+        }
+    )
     # Lease of a permit not yet used for a submit; a submitted job's permit never expires.
     model_permit_ttl_seconds: float = 60.0
     # Ask the provider to call {public_url}/v1/providers/fal/webhook when a job ends, so
@@ -214,6 +405,19 @@ class Settings(BaseSettings):
     otel_exporter_otlp_endpoint: str | None = Field(
         None, validation_alias="OTEL_EXPORTER_OTLP_ENDPOINT"
     )
+
+    @field_validator("fal_models", mode="before")
+    @classmethod
+    def _merge_fal_models(cls, value: Any) -> Any:
+        if not isinstance(value, dict):
+            raise ValueError("BITBUDDIES_FAL_MODELS must be a JSON object: step -> fields")
+        if all(isinstance(v, FalStepModel) for v in value.values()) and set(value) == set(
+            DEFAULT_FAL_MODELS
+        ):
+            return value  # a whole map, already validated
+        return merge_fal_models(
+            {k: v.model_dump() if isinstance(v, FalStepModel) else v for k, v in value.items()}
+        )
 
     @model_validator(mode="after")
     def _refuse_placeholders_in_production(self) -> Settings:

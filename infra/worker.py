@@ -27,6 +27,7 @@ import socket
 from collections.abc import Callable, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -136,6 +137,10 @@ def _worker(client: Client, settings: Settings, runtime: Runtime, pool: Pool) ->
         workflows=list(pool.workflows),
         activities=pool.activities(runtime),
         max_concurrent_activities=pool.concurrency(settings),
+        # On SIGTERM: polls hand their place back at once (activities/models.py); the
+        # other activities (a submit, a fetch, a transcode) get this long to finish before
+        # they are cancelled and retried elsewhere.
+        graceful_shutdown_timeout=timedelta(seconds=settings.worker_shutdown_grace_seconds),
         # Spans continuing the client's trace, then whose work each log line is.
         interceptors=[worker_tracing(), LogContextInterceptor()],
         workflow_runner=sandboxed_runner(),

@@ -4,10 +4,9 @@ provider's apps, the arguments that app takes and its result, normalised to the 
 ``ModelOutput`` whoever made it. The model activities (activities/models.py) speak fal's
 queue protocol to whichever provider the adapter names.
 
-Today there is one adapter, for our local model server (``local.py``). Hosted fal.ai
-needs its own (its endpoints, their argument names and their result shapes); until it
-exists a worker with ``FAL_KEY`` set refuses to start rather than send our local app ids
-to fal.
+Two adapters: our local model server's (``local.py``), used without ``FAL_KEY``, and
+hosted fal.ai's (``fal.py``), used with it, which follows the model map in the settings
+(``Settings.fal_models``: endpoint, arguments, result, cost and timeout per step).
 """
 
 from __future__ import annotations
@@ -53,22 +52,20 @@ class Adapter(Protocol):
     def result(self, step: str, result: dict[str, Any]) -> StepResult:
         """The app's result, in our words."""
 
+    def webhooks(self, step: str) -> bool:
+        """Whether the step's provider signs its webhooks with the keys the API trusts
+        (else the step is polled, not waited on)."""
+
 
 class UnknownStep(LookupError):
     """The adapter has no app for this step."""
 
 
-class NoAdapter(RuntimeError):
-    """The configured provider has no adapter yet."""
-
-
 def adapter_for(settings: Settings) -> Adapter:
+    """fal.ai's models (by the model map) when ``FAL_KEY`` is set, else our local ones."""
+    from activities.providers.fal import FalModels
     from activities.providers.local import LocalModels
 
-    if not settings.uses_local_models:
-        raise NoAdapter(
-            "FAL_KEY is set, but hosted fal.ai models have no adapter yet: the local app ids"
-            " (bitbuddies/...) do not exist at fal. Unset FAL_KEY to use the local model"
-            " server."
-        )
-    return LocalModels()
+    if settings.uses_local_models:
+        return LocalModels()
+    return FalModels(settings.fal_models)

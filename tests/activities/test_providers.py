@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from activities.providers import NoAdapter, UnknownStep, adapter_for
+from activities.providers import UnknownStep, adapter_for
+from activities.providers.fal import FalModels
 from activities.providers.local import APPS, LocalModels
 from infra.modelserver.apps import REGISTRY
 from infra.settings import Settings
@@ -60,11 +61,22 @@ def test_a_result_comes_back_by_role_with_its_facts_apart() -> None:
     assert result.data == {"face": {"x": 1, "y": 2, "w": 3, "h": 4}}
 
 
-def test_with_a_fal_key_and_no_fal_adapter_the_worker_refuses_to_guess(
+def test_a_fal_key_picks_the_fal_adapter_and_none_the_local_one(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv("FAL_KEY", "test-key")
-    with pytest.raises(NoAdapter, match="no adapter"):
-        adapter_for(Settings())
+    adapter = adapter_for(Settings())
+    assert isinstance(adapter, FalModels)
+    # Our local app ids never go to fal: only the step fal has no model for runs on ours.
+    assert {s.name for s in contract.MODEL_STEPS if adapter.app(s.name) in APPS.values()} == {
+        contract.ANALYZE.name
+    }
+    # fal's steps report by webhook; the one on our server (whose webhooks fal's keys do
+    # not sign) is polled, not waited on for a webhook that cannot verify.
+    assert {s.name for s in contract.MODEL_STEPS if not adapter.webhooks(s.name)} == {
+        contract.ANALYZE.name
+    }
     monkeypatch.delenv("FAL_KEY")
-    assert isinstance(adapter_for(Settings()), LocalModels)
+    local = adapter_for(Settings())
+    assert isinstance(local, LocalModels)
+    assert all(local.webhooks(s.name) for s in contract.MODEL_STEPS)

@@ -1,0 +1,201 @@
+"""The adapter of hosted fal.ai models, driven by the model map in the settings
+(``Settings.fal_models``, defaults in infra/settings.py): for each step, the endpoint,
+how our inputs become its arguments and how its result becomes our normalised
+``StepResult``, with the same data keys the local adapter's results carry.
+
+The analysis step has no fal endpoint (its map entry says ``ours``): our model server's
+analyze app runs it, at ``model_server_url``, with the local adapter's arguments and
+result. Its app id (``bitbuddies/analyze``) is ours, not fal's; ``RoutedClient`` sends
+the calls of such apps to the model server and every other call to fal.
+"""
+
+from __future__ import annotations
+
+import string
+from dataclasses import dataclass
+from typing import Any
+
+import fal_client
+import fal_client.client as fal_module
+import httpx
+
+from activities.providers import AppCall, OutputFile, StepResult, UnknownStep
+from activities.providers.local import LocalModels
+from infra.falclient import fal_client_from_settings
+from infra.settings import OURS, FalStepModel, Settings
+from workflows import contract
+
+
+class UnexpectedResult(ValueError):
+    """A result lacks what the model map says it holds."""
+
+
+class _Params(dict[str, Any]):
+    """Our parameters for a text template: one we were not given reads as nothing."""
+
+    def __missing__(self, key: str) -> str:
+        return ""
+
+
+class FalModels:
+    name = "fal"
+
+    def __init__(self, models: dict[str, FalStepModel]) -> None:
+        self.models = models
+        self._local = LocalModels()
+
+    def model(self, step: str) -> FalStepModel:
+        try:
+            return self.models[step]
+        except KeyError:
+            raise UnknownStep(f"the fal model map has no step {step!r}") from None
+
+    def runs_on_ours(self, step: str) -> bool:
+        """Whether our model server runs ``step`` (fal has no model for it)."""
+        return self.model(step).endpoint == OURS
+
+    def webhooks(self, step: str) -> bool:
+        """fal signs its webhooks with the keys of its JWKS, which the API trusts with
+        FAL_KEY set; our model server signs with its own, so a step it runs here is
+        polled (waiting out a webhook that cannot verify would cost the step's whole
+        webhook period)."""
+        return not self.runs_on_ours(step)
+
+    def our_apps(self) -> frozenset[str]:
+        """The app ids that go to our model server, not to fal."""
+        return frozenset(self._local.app(s) for s in self.models if self.runs_on_ours(s))
+
+    def app(self, step: str) -> str:
+        if self.runs_on_ours(step):
+            return self._local.app(step)
+        return self.model(step).endpoint
+
+    def call(self, step: str, urls: dict[str, str], params: dict[str, Any]) -> AppCall:
+        if self.runs_on_ours(step):
+            return self._local.call(step, urls, params)
+        model = self.model(step)
+        arguments: dict[str, Any] = {}
+        for name, source in model.arguments.items():
+            kind, _, what = source.partition(":")
+            if kind in ("url", "urls"):
+                if what not in urls:
+                    raise ValueError(f"{step}: {model.endpoint} needs the {what} file")
+                arguments[name] = urls[what] if kind == "url" else [urls[what]]
+            elif kind == "param":
+                if params.get(what) is not None:
+                    arguments[name] = params[what]
+            else:  # text
+                arguments[name] = string.Formatter().vformat(what, (), _Params(params)).strip()
+        arguments.update(model.fixed)
+        return AppCall(model.endpoint, arguments)
+
+    def result(self, step: str, result: dict[str, Any]) -> StepResult:
+        if self.runs_on_ours(step):
+            return self._local.result(step, result)
+        model = self.model(step)
+        files: dict[str, OutputFile] = {}
+        for role, out in model.files.items():
+            found = _at(result, out.path, step)
+            if not isinstance(found, dict) or not isinstance(found.get("url"), str):
+                raise UnexpectedResult(f"{step}: {out.path!r} in the result is not a file")
+            facts = {k: v for k, v in found.items() if k not in ("url", "content_type")}
+            files[role] = OutputFile(
+                found["url"], found.get("content_type") or out.content_type, facts
+            )
+        data = {fact: _at(result, path, step) for fact, path in model.data.items()}
+        data.update(model.data_fixed)
+        return StepResult(files, data)
+
+    def timeout_seconds(self, step: str) -> float:
+        return self.model(step).timeout_seconds
+
+
+def _at(result: dict[str, Any], path: str, step: str) -> Any:
+    value: Any = result
+    for part in path.split("."):
+        try:
+            value = value[int(part)] if isinstance(value, list) else value[part]
+        except (KeyError, IndexError, ValueError, TypeError):
+            raise UnexpectedResult(f"{step}: the result has no {path!r}") from None
+    return value
+
+
+@dataclass(frozen=True)
+class GenerationCost:
+    per_step: dict[str, float]  # USD per call, each step the workflow runs
+    total: float
+
+
+def generation_cost(models: dict[str, FalStepModel], *, expand: bool = True) -> GenerationCost:
+    """What one generation costs per the map: every step once (``expand``: the photo did
+    not show the whole body, so the expand step runs too). Resubmissions are extra."""
+    per_step = {
+        step.name: models[step.name].cost_usd
+        for step in contract.MODEL_STEPS
+        if expand or step is not contract.EXPAND
+    }
+    return GenerationCost(per_step, round(sum(per_step.values()), 6))
+
+
+class RoutedClient(fal_client.AsyncClient):
+    """fal's client, except that the apps in ``ours`` run on our model server at
+    ``base_url``. fal_client takes its hosts from module constants (infra/falclient.py),
+    so our calls build their URLs here, in fal's queue layout, which our server speaks."""
+
+    def __init__(self, *, key: str, ours: frozenset[str], base_url: str) -> None:
+        super().__init__(key=key)
+        self.ours = ours
+        self.base_url = base_url.rstrip("/") + "/"
+        self._http = httpx.AsyncClient(
+            headers={"Authorization": "Key local"}, timeout=fal_module.QUEUE_POLL_TIMEOUT
+        )
+
+    def _our_handle(self, application: str, request_id: str) -> fal_client.AsyncRequestHandle:
+        base = f"{self.base_url}{application}/requests/{request_id}"
+        return fal_client.AsyncRequestHandle(
+            request_id=request_id,
+            response_url=base,
+            status_url=base + "/status",
+            cancel_url=base + "/cancel",
+            client=self._http,
+        )
+
+    async def submit(  # type: ignore[override]
+        self, application: str, arguments: dict[str, Any], **kwargs: Any
+    ) -> fal_client.AsyncRequestHandle:
+        if application not in self.ours:
+            return await super().submit(application, arguments, **kwargs)
+        # Our server's webhooks are signed with its keys, not fal's: none is asked for,
+        # and the workflow polls once its webhook wait is over.
+        response = await self._http.post(self.base_url + application, json=arguments)
+        if response.is_error:
+            raise fal_client.client.FalClientHTTPError(
+                response.text, response.status_code, dict(response.headers), response=response
+            )
+        body = response.json()
+        return fal_client.AsyncRequestHandle(
+            request_id=body["request_id"],
+            response_url=body["response_url"],
+            status_url=body["status_url"],
+            cancel_url=body["cancel_url"],
+            client=self._http,
+        )
+
+    async def get_handle(self, application: str, request_id: str) -> fal_client.AsyncRequestHandle:
+        if application in self.ours:
+            return self._our_handle(application, request_id)
+        return await super().get_handle(application, request_id)
+
+
+def client_for(settings: Settings) -> fal_client.AsyncClient:
+    """The worker's model client: local, fal, or fal with our apps routed to our server.
+    (``status`` and ``cancel`` go through ``get_handle``, so they follow it.)"""
+    client = fal_client_from_settings(settings)
+    if settings.fal_key is None:
+        return client
+    ours = FalModels(settings.fal_models).our_apps()
+    if not ours:
+        return client
+    return RoutedClient(
+        key=settings.fal_key.get_secret_value(), ours=ours, base_url=settings.model_server_url
+    )
