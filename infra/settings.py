@@ -92,7 +92,8 @@ class FalStepModel(BaseModel):
 
 
 _PNG = {"content_type": "image/png"}
-# The defaults, from fal's documented endpoints (FACTS.md, "Hosted fal.ai models").
+# The defaults, from fal's documented endpoints (their input and output fields, as fal's
+# model pages and its client's generated types give them, 2026) and its listed prices.
 DEFAULT_FAL_MODELS: dict[str, dict[str, Any]] = {
     contract.NSFW_FILTER.name: {
         "endpoint": "fal-ai/imageutils/nsfw",
@@ -140,7 +141,7 @@ DEFAULT_FAL_MODELS: dict[str, dict[str, Any]] = {
         "files": {contract.IMAGE: {"path": "image", **_PNG}},
         "data_fixed": {"face": None, "expanded": True},
         "cost_usd": 0.04,
-        "cost_basis": "estimate: not in FACTS; Bria's image tools are about $0.04",
+        "cost_basis": "estimate: no listed price; Bria's image tools are about $0.04",
         "timeout_seconds": 600,
     },
     contract.SEGMENT_IMAGE.name: {
@@ -176,7 +177,7 @@ DEFAULT_FAL_MODELS: dict[str, dict[str, Any]] = {
         "files": {contract.MASK_VIDEO: {"path": "mask_video", "content_type": "video/webm"}},
         "data_fixed": {"alpha_video": False},
         "cost_usd": 0.06,
-        "cost_basis": "estimate: not in FACTS; veed's documented $0.015 per 30 frames x 120 frames",
+        "cost_basis": "estimate: no listed price; veed's listed $0.015 per 30 frames x 120 frames",
         "timeout_seconds": 900,
     },
 }

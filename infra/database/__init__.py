@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 from importlib.resources import files
 from typing import Any
 
@@ -11,6 +12,7 @@ import psycopg
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
+log = logging.getLogger("bitbuddies.database")
 MIGRATION_LOCK = 0x6269_7462  # pg_advisory_lock key: one migrator at a time
 
 
@@ -55,8 +57,15 @@ class _Checked:
             await AsyncConnectionPool.check_connection(conn)
         except Exception:
             if self.pool is not None and (self._sweep is None or self._sweep.done()):
-                self._sweep = asyncio.create_task(self.pool.check())
+                self._sweep = asyncio.create_task(self._swept(self.pool))
             raise
+
+    @staticmethod
+    async def _swept(pool: AsyncConnectionPool[Any]) -> None:
+        try:
+            await pool.check()
+        except Exception:  # a pool closing meanwhile: nothing left to sweep
+            log.debug("the pool's sweep of dead connections stopped", exc_info=True)
 
 
 async def ping(pool: AsyncConnectionPool[Any]) -> None:

@@ -194,7 +194,11 @@ def render_env_example() -> str:
         if row.variable in REQUIRED_IN_PRODUCTION:
             continue
         out += _wrapped(row.description + (" (secret)" if row.secret else ""))
-        out.append(f"# {row.variable}={'' if row.secret else row.default}")
+        if len(row.default) > LONG_DEFAULT:
+            out += ["# (its default is long: see infra/settings.py; set only overrides)"]
+            out.append(f"# {row.variable}=")
+        else:
+            out.append(f"# {row.variable}={'' if row.secret else row.default}")
     return "\n".join(out) + "\n"
 
 

@@ -1,6 +1,7 @@
 """The fal adapter's contract, without the network: for each endpoint of the model map, a
-recorded request and result of that endpoint's documented shape (FACTS.md, "Hosted fal.ai
-models"; tests/activities/fixtures/fal/) replayed through the adapter."""
+recorded request and result of that endpoint's documented shape (the fields fal's model
+pages and its client's generated types give; tests/activities/fixtures/fal/) replayed
+through the adapter."""
 
 from __future__ import annotations
 
