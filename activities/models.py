@@ -16,7 +16,8 @@ import io
 import mimetypes
 import tempfile
 from collections.abc import AsyncIterator, Callable
-from datetime import timedelta
+from datetime import date, timedelta
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 from uuid import UUID
@@ -38,7 +39,7 @@ from activities.permits import get_globally_cached_semaphore
 from activities.providers import Adapter, adapter_for
 from activities.runtime import Runtime
 from infra import alerts, metrics, progress
-from infra.database import permits, records
+from infra.database import costs, permits, records
 from infra.falclient import cancel_job, is_refusal, read_result
 from infra.storage import CHUNK_SIZE, keys
 from workflows import contract
@@ -52,6 +53,8 @@ POLL_BACKOFF = 1.5
 INPUT_URL_TTL = timedelta(hours=2)
 # Well inside fetch's 30 s heartbeat timeout.
 DOWNLOAD_HEARTBEAT_SECONDS = 5.0
+# The daily spend alert names this many of the day's costliest steps and endpoints.
+SPEND_ALERT_TOP = 3
 
 
 class ModelActivities:
@@ -309,7 +312,8 @@ class ModelActivities:
 
     @activity.defn(name=contract.FETCH_MODEL_RESULT)
     async def fetch_model_result(self, job: ModelJob) -> ModelOutput:
-        """Copy the job's files into our storage (streamed) and release the permit."""
+        """Record the job's cost, copy its files into our storage (streamed) and release
+        the permit."""
         try:
             result = await read_result(self.rt.fal, job.app, job.request_id)
         except fal_client.client.FalClientHTTPError as err:
@@ -330,6 +334,7 @@ class ModelActivities:
             self._semaphore(job.app).release(self.rt.db, job.idempotency_key)
         )
         try:
+            await self._record_cost(job)
             timing = await metrics.fetching(
                 self.rt.db, job.step, job.idempotency_key, job.webhook, _first_attempt()
             )
@@ -359,6 +364,47 @@ class ModelActivities:
             await release
         timing.fetched()
         return output
+
+    async def _record_cost(self, job: ModelJob) -> None:
+        """Record what the job cost (the adapter's price of a call), once per request id:
+        the job ended with a result, so the provider bills it whatever our checks of its
+        outputs say next. Then the daily spend alert, when the day passed it."""
+        async with self.rt.db.connection() as conn:
+            recorded = await costs.record(
+                conn,
+                request_id=job.request_id,
+                idempotency_key=job.idempotency_key,
+                generation_id=job.generation_id,
+                step=job.step,
+                app=job.app,
+                cost_usd=self.adapter.cost(job.step),
+            )
+        if self.rt.settings.daily_spend_alert_usd is not None:
+            await self._alert_daily_spend(recorded.day, self.rt.settings.daily_spend_alert_usd)
+
+    async def _alert_daily_spend(self, day: date, threshold: float) -> None:
+        """Alert the owner once per day (the alert's source key names the day) when the
+        day's spend passed ``threshold``. Checked at every fetch rather than only at the
+        fetch that crossed it: two fetches recording at once could each see the other's
+        cost already counted. Best effort: a spend alert never fails the step, and one
+        recorded but not delivered is delivered by the alert digest."""
+        try:
+            async with self.rt.db.connection() as conn:
+                total = await costs.day_total(conn, day)
+                if total <= Decimal(str(threshold)):
+                    return
+                steps = await costs.day_top(conn, day, "step", limit=SPEND_ALERT_TOP)
+                apps = await costs.day_top(conn, day, "app", limit=SPEND_ALERT_TOP)
+            alert = alerts.spend_alert(
+                day,
+                total,
+                threshold,
+                [(s.key, s.jobs, s.cost_usd) for s in steps],
+                [(a.key, a.jobs, a.cost_usd) for a in apps],
+            )
+            await alerts.raise_alert(self.rt.db, self.rt.settings, alert)
+        except Exception:
+            activity.logger.warning("could not raise the daily spend alert", exc_info=True)
 
     async def _show_picture(self, job: ModelJob, scratch: Path) -> None:
         """Store the step's picture and announce it (contract.PICTURES). Best effort: a

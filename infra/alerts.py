@@ -21,7 +21,8 @@ Senders: the ``send_alert`` activity (a generation that failed, from the workflo
 it settled, so an alert never holds up a refund; retried by Temporal when delivery
 fails), the housekeeping sweep (a stuck generation, a refund that failed), the model
 activities (the provider refusing our account: ``provider_account_problem`` in
-activities/models.py), and billing's reconciliation (``reconciliation_alert``).
+activities/models.py; and a day's provider spend passing ``daily_spend_alert_usd``:
+``spend_alert``), and billing's reconciliation (``reconciliation_alert``).
 """
 
 from __future__ import annotations
@@ -30,7 +31,8 @@ import asyncio
 import logging
 import math
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
 from typing import Any, Final
 from urllib.parse import quote
 from uuid import UUID
@@ -72,6 +74,7 @@ KINDS: Final[dict[str, Kind]] = {
     "generation_failed": Kind(0, "a generation failed", "generations failed"),
     "reconciliation": Kind(0, "a reconciliation fixed something", "reconciliation fixes"),
     "payment_disputed": Kind(1, "a payment was disputed", "payments disputed"),
+    "daily_spend": Kind(1, "a day's provider spend passed its alert", "spend alerts"),
 }
 DIGEST: Final = "digest"  # the kind of a digest's own record
 
@@ -177,6 +180,39 @@ def payment_alert(
 
 
 STRIPE_DASHBOARD = "https://dashboard.stripe.com"
+
+
+def spend_alert(
+    day: date,
+    total: Decimal,
+    threshold: float,
+    top_steps: list[tuple[str, int, Decimal]],
+    top_apps: list[tuple[str, int, Decimal]],
+) -> NewAlert:
+    """The day's (UTC) provider spend passed ``daily_spend_alert_usd``: once per day (its
+    source key names the day), with where the money went (step or endpoint, jobs, USD)."""
+    kind = "daily_spend"
+
+    def spent(rows: list[tuple[str, int, Decimal]]) -> str:
+        return ", ".join(f"{name} ${cost:.2f} ({jobs} jobs)" for name, jobs, cost in rows) or "-"
+
+    lines = [
+        KINDS[kind].what,
+        f"day: {day.isoformat()} (UTC)",
+        f"total: ${total:.2f}",
+        f"threshold: ${threshold:.2f}",
+        f"top steps: {spent(top_steps)}",
+        f"top endpoints: {spent(top_apps)}"[:ERROR_CHARS],
+    ]
+    return NewAlert(
+        source_key=f"daily-spend:{day.isoformat()}",
+        kind=kind,
+        dedupe_key=dedupe_key(kind, "-", day.isoformat()),
+        title=f"Provider spend on {day.isoformat()} passed ${threshold:.2f}: ${total:.2f}",
+        message="\n".join(lines),
+        priority=priority_of(kind),
+        error_class=day.isoformat(),
+    )
 
 
 def from_workflow(

@@ -7,7 +7,7 @@ reads them: infra/settings.py) and returns the exit status. ``COMMANDS`` registe
                                                   the failing step: its row, its workflow's
                                                   timeline (infra/inspect.py) and the Temporal
                                                   UI link, its ledger entries, provider jobs
-                                                  and owner alerts
+                                                  and their costs, and owner alerts
     bitbuddies grant EMAIL TOKENS --reason TEXT [--key KEY]
                                                   an owner's grant, once per key (one is
                                                   made and printed when none is given)
@@ -16,6 +16,9 @@ reads them: infra/settings.py) and returns the exit status. ``COMMANDS`` registe
     bitbuddies reconcile [--timeout 5m]           billing's reconciliation now: triggers its
                                                   schedule, waits for that run, prints what
                                                   it refunded, credited and found
+    bitbuddies costs [--days 7]                   provider spend: per day, step and endpoint
+                                                  (jobs, USD, time), and the average per
+                                                  generation
 
 ``inspect`` exits 1 for an id no generation has, or when Temporal could not be read (what
 the database holds is printed all the same), and 2 for an id that is not a UUID.
@@ -36,6 +39,7 @@ import sys
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from decimal import Decimal
 from typing import Any
 from uuid import UUID
 
@@ -48,6 +52,7 @@ from billing import ledger
 from infra import inspect
 from infra.alerts import workflow_link
 from infra.database import alerts as alerts_repo
+from infra.database import costs as costs_repo
 from infra.database import permits as permits_repo
 from infra.database import records
 from infra.settings import Settings, get_settings
@@ -147,6 +152,7 @@ async def _inspect(args: argparse.Namespace, settings: Settings) -> int:
             return 1
         entries = await ledger.entries_for_generation(conn, gid)
         jobs = await permits_repo.jobs_for_generation(conn, gid)
+        job_costs = await costs_repo.for_generation(conn, gid)
         alerts = await alerts_repo.for_generation(conn, gid)
     workflow = await _read_workflow(settings, str(gid))
 
@@ -154,6 +160,7 @@ async def _inspect(args: argparse.Namespace, settings: Settings) -> int:
     _print_workflow(settings, str(gid), workflow)
     _print_ledger(entries)
     _print_jobs(jobs)
+    _print_costs(job_costs)
     _print_alerts(alerts)
     return 1 if workflow.problem else 0
 
@@ -303,6 +310,23 @@ def _print_jobs(jobs: list[permits_repo.ProviderJob]) -> None:
         print("  none recorded")
     for job in jobs:
         print(f"  {_when(job.created_at)}  {job.step:<14} {job.app:<28} request {job.request_id}")
+
+
+def _print_costs(job_costs: list[costs_repo.JobCost]) -> None:
+    """What each fetched job cost (a job that never returned a result costs nothing we
+    record), and the generation's total."""
+    print()
+    print("costs")
+    if not job_costs:
+        print("  none recorded")
+        return
+    for cost in job_costs:
+        print(
+            f"  {_when(cost.recorded_at)}  {cost.step:<14} {cost.app:<28}"
+            f" {_span(timedelta(seconds=cost.seconds)):>7}  ${cost.cost_usd:.4f}"
+            f"  request {cost.request_id}"
+        )
+    print(f"  total ${sum(c.cost_usd for c in job_costs):.4f}  ({len(job_costs)} jobs)")
 
 
 def _print_alerts(alerts: list[alerts_repo.Alert]) -> None:
@@ -515,6 +539,60 @@ async def _reconcile(args: argparse.Namespace, settings: Settings) -> int:
     return 1
 
 
+# --- costs ----------------------------------------------------------------------------
+
+
+def _costs_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--days", type=_positive, default=7, help="the last this many UTC days, today too (7)"
+    )
+
+
+async def _costs(args: argparse.Namespace, settings: Settings) -> int:
+    async with await _connect(settings) as conn:
+        rows = await costs_repo.per_day(conn, args.days)
+        generations = await costs_repo.per_generation(conn, args.days)
+    if not rows:
+        print(f"no provider jobs recorded in the last {args.days} days")
+        return 0
+    total = sum(row.cost_usd for row in rows)
+    print(f"provider spend, last {args.days} days (UTC): ${total:.4f}, {_jobs(rows)} jobs")
+    for day in sorted({row.day for row in rows}, reverse=True):
+        of_day = [row for row in rows if row.day == day]
+        print()
+        print(f"{day.isoformat()}  ${sum(r.cost_usd for r in of_day):.4f}  {_jobs(of_day)} jobs")
+        print("  per step")
+        for name, jobs, cost in _grouped(of_day, lambda row: row.step):
+            print(f"    {name:<28} {jobs:>6} jobs  ${cost:.4f}")
+        print("  per endpoint")
+        for name, jobs, cost in _grouped(of_day, lambda row: row.app):
+            print(f"    {name:<28} {jobs:>6} jobs  ${cost:.4f}")
+    print()
+    if generations.generations:
+        average = generations.cost_usd / generations.generations
+        print(f"per generation: ${average:.4f} on average over {generations.generations}")
+    if generations.anonymous_usd:
+        print(f"of deleted accounts' generations: ${generations.anonymous_usd:.4f}")
+    return 0
+
+
+def _jobs(rows: list[costs_repo.DaySum]) -> int:
+    return sum(row.jobs for row in rows)
+
+
+def _grouped(
+    rows: list[costs_repo.DaySum], key: Callable[[costs_repo.DaySum], str]
+) -> list[tuple[str, int, Decimal]]:
+    """(name, jobs, USD) per ``key`` of the rows, costliest first."""
+    sums: dict[str, tuple[int, Decimal]] = {}
+    for row in rows:
+        jobs, cost = sums.get(key(row), (0, Decimal(0)))
+        sums[key(row)] = (jobs + row.jobs, cost + row.cost_usd)
+    return sorted(
+        ((name, jobs, cost) for name, (jobs, cost) in sums.items()), key=lambda s: (-s[2], s[0])
+    )
+
+
 COMMANDS: dict[str, Command] = {
     command.name: command
     for command in (
@@ -556,6 +634,13 @@ COMMANDS: dict[str, Command] = {
             " sessions credited, the invariant; exit 1 on a violation",
             _reconcile_arguments,
             _reconcile,
+        ),
+        Command(
+            "costs",
+            "provider spend per day, per step and per endpoint (jobs and USD), and the"
+            " average per generation",
+            _costs_arguments,
+            _costs,
         ),
     )
 }

@@ -266,6 +266,11 @@ class Settings(BaseSettings):
             step: FalStepModel.model_validate(fields) for step, fields in DEFAULT_FAL_MODELS.items()
         }
     )
+    # What a call of each step costs on our local model server, in USD (a JSON object,
+    # step -> price): nothing by default, as our own CPU is not billed per call, but
+    # staging and the tests price local jobs to exercise the cost records and the spend
+    # alert as production would. Unknown steps are refused.
+    local_model_costs: dict[str, float] = {}
     # Lease of a permit not yet used for a submit; a submitted job's permit never expires.
     model_permit_ttl_seconds: float = 60.0
     # Ask the provider to call {public_url}/v1/providers/fal/webhook when a job ends, so
@@ -368,6 +373,9 @@ class Settings(BaseSettings):
     # the phone, for this long at most (Pushover's retry, at least 30 s, and expire).
     alert_emergency_retry_seconds: int = Field(60, ge=30)
     alert_emergency_expire_seconds: int = Field(3600, gt=0, le=10800)
+    # Alert the owner once a day when that day's (UTC) provider spend passes this many USD
+    # (the provider_costs table, recorded by activities/models.py). None: no spend alert.
+    daily_spend_alert_usd: float | None = Field(None, ge=0)
 
     # Rate limits, kept in Redis so they hold across API processes. "off" switches them
     # all off (load tests). A limit of 0 switches that one off.
@@ -419,6 +427,20 @@ class Settings(BaseSettings):
         return merge_fal_models(
             {k: v.model_dump() if isinstance(v, FalStepModel) else v for k, v in value.items()}
         )
+
+    @field_validator("local_model_costs")
+    @classmethod
+    def _known_steps_priced(cls, value: dict[str, float]) -> dict[str, float]:
+        """A misspelt step would price nothing and say nothing: refused at startup."""
+        steps = [step.name for step in contract.MODEL_STEPS]
+        if unknown := sorted(set(value) - set(steps)):
+            raise ValueError(
+                f"BITBUDDIES_LOCAL_MODEL_COSTS names unknown step(s) {unknown};"
+                f" steps: {', '.join(steps)}"
+            )
+        if negative := sorted(step for step, cost in value.items() if cost < 0):
+            raise ValueError(f"BITBUDDIES_LOCAL_MODEL_COSTS has negative prices for {negative}")
+        return value
 
     @model_validator(mode="after")
     def _refuse_placeholders_in_production(self) -> Settings:

@@ -7,6 +7,7 @@ Also registered here, so every folder shares one: the GCS emulator (tests/suppor
 
 from __future__ import annotations
 
+import json
 import os
 import time
 import uuid
@@ -45,6 +46,21 @@ TEST_ENV = {
     "BITBUDDIES_ALERT_DIGEST_INTERVAL_SECONDS": "86400",
     # billing's reconciliation runs when a test triggers it (tests/billing/test_reconcile.py)
     "BITBUDDIES_RECONCILE_INTERVAL_SECONDS": "86400",
+    # Local jobs priced (USD a call), so every generation records costs as in production
+    # (tests/e2e/test_costs.py): $0.353 a generation, $0.393 with expand.
+    "BITBUDDIES_LOCAL_MODEL_COSTS": json.dumps(
+        {
+            "nsfw_filter": 0.001,
+            "analyze": 0.002,
+            "cartoonify": 0.04,
+            "expand": 0.04,
+            "segment_image": 0.01,
+            "animate": 0.25,
+            "segment_video": 0.05,
+        }
+    ),
+    # Passed by the session's first few generations: the spend alert is raised once today.
+    "BITBUDDIES_DAILY_SPEND_ALERT_USD": "0.5",
 }
 
 

@@ -56,6 +56,10 @@ class Adapter(Protocol):
         """Whether the step's provider signs its webhooks with the keys the API trusts
         (else the step is polled, not waited on)."""
 
+    def cost(self, step: str) -> float:
+        """What one call of ``step`` costs us, in USD (recorded per job fetched:
+        infra/costs.py)."""
+
 
 class UnknownStep(LookupError):
     """The adapter has no app for this step."""
@@ -67,5 +71,5 @@ def adapter_for(settings: Settings) -> Adapter:
     from activities.providers.local import LocalModels
 
     if settings.uses_local_models:
-        return LocalModels()
+        return LocalModels(settings.local_model_costs)
     return FalModels(settings.fal_models)

@@ -109,6 +109,11 @@ class FalModels:
     def timeout_seconds(self, step: str) -> float:
         return self.model(step).timeout_seconds
 
+    def cost(self, step: str) -> float:
+        """The map's price of a call, ours included (a step our model server runs is
+        priced there too: 0 unless the map says otherwise)."""
+        return self.model(step).cost_usd
+
 
 def _at(result: dict[str, Any], path: str, step: str) -> Any:
     value: Any = result

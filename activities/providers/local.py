@@ -32,6 +32,11 @@ _ROLES: Final = frozenset({contract.IMAGE, contract.MASK, contract.VIDEO, contra
 class LocalModels:
     name = "local"
 
+    def __init__(self, costs: dict[str, float] | None = None) -> None:
+        # step -> USD a call (Settings.local_model_costs): our CPU bills nothing per call,
+        # but staging and the tests price it to see costs recorded as in production.
+        self.costs = dict(costs or {})
+
     def app(self, step: str) -> str:
         try:
             return APPS[step]
@@ -47,6 +52,9 @@ class LocalModels:
     def webhooks(self, step: str) -> bool:
         """Our model server signs its webhooks with the key the API is told to trust."""
         return True
+
+    def cost(self, step: str) -> float:
+        return self.costs.get(step, 0.0)
 
     def result(self, step: str, result: dict[str, Any]) -> StepResult:
         files: dict[str, OutputFile] = {}

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from activities.providers import StepResult, adapter_for
+from activities.providers import StepResult, UnknownStep, adapter_for
 from activities.providers.fal import (
     FalModels,
     RoutedClient,
@@ -263,3 +263,33 @@ async def test_with_a_fal_key_only_our_analyze_app_is_routed_to_our_model_server
     assert ours.status_url == "http://models.internal:8010/bitbuddies/analyze/requests/req-1/status"
     theirs = await client.get_handle("fal-ai/flux-pro/kontext", "req-2")
     assert theirs.status_url.startswith("https://queue.fal.run/fal-ai/flux-pro/requests/req-2")
+
+
+def test_a_fal_jobs_cost_is_its_steps_price_in_the_model_map(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    adapter = fal(monkeypatch, {"animate": {"cost_usd": 0.31}})
+    assert adapter.cost("animate") == 0.31  # an override, from the environment
+    for step in contract.MODEL_STEPS:
+        assert adapter.cost(step.name) == adapter.model(step.name).cost_usd
+    # our model server's analysis is priced by the map too (nothing, by default), never
+    # by the local prices
+    monkeypatch.setenv("BITBUDDIES_LOCAL_MODEL_COSTS", json.dumps({"analyze": 9.0}))
+    assert fal(monkeypatch).cost("analyze") == 0.0
+    with pytest.raises(UnknownStep):
+        adapter.cost("paint")
+
+
+def test_local_jobs_cost_what_the_settings_price_them_else_nothing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("FAL_KEY", raising=False)
+    monkeypatch.setenv("BITBUDDIES_LOCAL_MODEL_COSTS", json.dumps({"animate": 0.25}))
+    adapter = adapter_for(Settings())
+    assert isinstance(adapter, LocalModels)
+    assert (adapter.cost("animate"), adapter.cost("cartoonify")) == (0.25, 0.0)
+    assert LocalModels().cost("animate") == 0.0
+    # a misspelt step would price nothing silently: refused at startup
+    monkeypatch.setenv("BITBUDDIES_LOCAL_MODEL_COSTS", json.dumps({"animation": 0.25}))
+    with pytest.raises(ValidationError, match="unknown step"):
+        Settings()

@@ -8,10 +8,7 @@ the installed ``bitbuddies`` program with the stack's environment."""
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
 import uuid
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -19,20 +16,11 @@ from psycopg_pool import AsyncConnectionPool
 
 from billing import ledger
 from tests.conftest import Stack, insert_generation
+from tests.support.cli import bitbuddies
 from tests.support.client import User, signup
 
 Pool = AsyncConnectionPool  # type: ignore[type-arg]
 Rules = set[tuple[str, uuid.UUID | None]]
-
-
-def _run(stack: Stack, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [str(Path(sys.executable).with_name("bitbuddies")), *args],
-        env=stack.cfg.app_env(),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
 
 
 def _rules(violations: list[ledger.Violation]) -> Rules:
@@ -219,33 +207,33 @@ async def test_grant_is_once_per_key_and_says_the_key_it_made(
     user = await signup(http)
     key = f"support-{uuid.uuid4().hex[:8]}"
     args = ("grant", user.email, "7", "--reason", "sorry for the outage", "--key", key)
-    first = _run(stack, *args)
+    first = bitbuddies(stack, *args)
     assert first.returncode == 0, first.stderr
     assert "granted +7 to" in first.stdout and "balance 10" in first.stdout
-    repeat = _run(stack, *args)
+    repeat = bitbuddies(stack, *args)
     assert repeat.returncode == 0, repeat.stderr
     assert "already granted" in repeat.stdout and "balance 10" in repeat.stdout
     assert await user.balance() == 10
 
-    made = _run(stack, "grant", user.email.upper(), "2", "--reason", "a gift")
+    made = bitbuddies(stack, "grant", user.email.upper(), "2", "--reason", "a gift")
     assert made.returncode == 0, made.stderr
     match = re.search(r"^key (\S+)", made.stdout, re.MULTILINE)
     assert match is not None, made.stdout
-    again = _run(stack, "grant", user.email, "2", "--reason", "a gift", "--key", match[1])
+    again = bitbuddies(stack, "grant", user.email, "2", "--reason", "a gift", "--key", match[1])
     assert "already granted" in again.stdout
     assert await user.balance() == 12
 
-    other_amount = _run(stack, "grant", user.email, "8", "--reason", "x", "--key", key)
+    other_amount = bitbuddies(stack, "grant", user.email, "8", "--reason", "x", "--key", key)
     assert other_amount.returncode == 1 and "granted 7" in other_amount.stderr
     someone_else = await signup(http)
-    other_user = _run(stack, "grant", someone_else.email, "7", "--reason", "x", "--key", key)
+    other_user = bitbuddies(stack, "grant", someone_else.email, "7", "--reason", "x", "--key", key)
     assert other_user.returncode == 1 and "names another entry" in other_user.stderr
-    unknown = _run(stack, "grant", "nobody@example.com", "1", "--reason", "x")
+    unknown = bitbuddies(stack, "grant", "nobody@example.com", "1", "--reason", "x")
     assert unknown.returncode == 1 and "no account" in unknown.stderr
     for bad in (["0"], ["-1"], ["1.5"]):
-        refused = _run(stack, "grant", user.email, *bad, "--reason", "x")
+        refused = bitbuddies(stack, "grant", user.email, *bad, "--reason", "x")
         assert refused.returncode == 2, bad
-    no_reason = _run(stack, "grant", user.email, "1")
+    no_reason = bitbuddies(stack, "grant", user.email, "1")
     assert no_reason.returncode == 2
     assert await user.balance() == 12 and await someone_else.balance() == 3
     async with db.connection() as conn:
@@ -262,9 +250,9 @@ async def test_ledger_lists_the_users_entries_newest_first_with_generations(
     stack: Stack, http: httpx.AsyncClient, db: Pool
 ) -> None:
     user = await signup(http)
-    _run(stack, "grant", user.email, "2", "--reason", "for the test")
+    bitbuddies(stack, "grant", user.email, "2", "--reason", "for the test")
     generation_id, charge = await _charged(db, user)
-    listed = _run(stack, "ledger", user.email)
+    listed = bitbuddies(stack, "ledger", user.email)
     assert listed.returncode == 0, listed.stderr
     lines = listed.stdout.splitlines()
     assert f"user {user.email} ({user.id})" in lines and "balance 4" in lines
@@ -276,18 +264,18 @@ async def test_ledger_lists_the_users_entries_newest_first_with_generations(
     ]
     assert rows[0][7] == str(generation_id) and rows[1][7] == "-"
     assert "reason: for the test" in listed.stdout
-    one = _run(stack, "ledger", user.email, "--limit", "1")
+    one = bitbuddies(stack, "ledger", user.email, "--limit", "1")
     assert [line for line in one.stdout.splitlines() if line.startswith("  #")] == [
         line for line in lines if line.startswith(f"  #{charge.id} ")
     ]
-    unknown = _run(stack, "ledger", "nobody@example.com")
+    unknown = bitbuddies(stack, "ledger", "nobody@example.com")
     assert unknown.returncode == 1 and "no account" in unknown.stderr
 
 
 async def test_check_ledger_exits_1_with_each_violation(
     stack: Stack, http: httpx.AsyncClient, db: Pool
 ) -> None:
-    clean = _run(stack, "check-ledger")
+    clean = bitbuddies(stack, "check-ledger")
     assert clean.returncode == 0, clean.stdout + clean.stderr
     assert "holds" in clean.stdout
     user = await signup(http)
@@ -295,10 +283,10 @@ async def test_check_ledger_exits_1_with_each_violation(
     async with db.connection() as conn:
         await conn.execute("UPDATE balances SET tokens = tokens + 5 WHERE user_id = %s", (uid,))
     try:
-        broken = _run(stack, "check-ledger")
+        broken = bitbuddies(stack, "check-ledger")
     finally:
         async with db.connection() as conn:
             await conn.execute("UPDATE balances SET tokens = tokens - 5 WHERE user_id = %s", (uid,))
     assert broken.returncode == 1, broken.stdout
     assert f"balance_mismatch: user {uid}: balance 8, but its 1 entries sum to 3" in (broken.stdout)
-    assert _run(stack, "check-ledger").returncode == 0
+    assert bitbuddies(stack, "check-ledger").returncode == 0

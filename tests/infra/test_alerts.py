@@ -280,4 +280,5 @@ def test_every_kind_has_a_pushover_priority() -> None:
         "generation_failed": 0,
         "reconciliation": 0,
         "payment_disputed": 1,
+        "daily_spend": 1,
     }

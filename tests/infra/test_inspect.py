@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import subprocess
-import sys
 import uuid
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -43,6 +41,7 @@ from activities.providers.local import APPS
 from infra import inspect
 from infra.settings import Settings
 from tests.conftest import Stack, insert_generation
+from tests.support.cli import bitbuddies
 from tests.support.client import signup
 from tests.support.faults import provider_requests, wait_until
 from tests.support.photos import photo
@@ -52,7 +51,7 @@ HISTORIES = Path(__file__).parents[1] / "workflows" / "histories"
 MODEL_STEPS = ["nsfw_filter", "analyze", "cartoonify"]  # then expand, when the photo needs it
 LATER_STEPS = ["segment_image", "animate", "segment_video"]
 NOT_ACTIVITIES = ("timer", "signal", "cancel", "workflow")
-SECTIONS = ["generation", "workflow", "timeline", "ledger", "provider jobs", "alerts"]
+SECTIONS = ["generation", "workflow", "timeline", "ledger", "provider jobs", "costs", "alerts"]
 
 
 # --- the timeline, without the stack ----------------------------------------------------
@@ -291,17 +290,6 @@ def test_a_history_must_start_with_the_workflow() -> None:
 # --- the command, against the stack --------------------------------------------------------
 
 
-def _run(stack: Stack, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
-    """The installed ``bitbuddies`` command, with the stack's environment (and ``env``)."""
-    return subprocess.run(
-        [str(Path(sys.executable).with_name("bitbuddies")), *args],
-        env={**stack.cfg.app_env(), **env},
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-
-
 async def _inspect(
     stack: Stack,
     generation_id: str,
@@ -312,7 +300,7 @@ async def _inspect(
 ) -> dict[str, list[str]]:
     """Run ``bitbuddies inspect``; its output by section (a line at the left margin starts
     one), in the order printed."""
-    done = await asyncio.to_thread(_run, stack, "inspect", generation_id, **env)
+    done = await asyncio.to_thread(bitbuddies, stack, "inspect", generation_id, **env)
     print(done.stdout)  # shown when a test fails
     assert done.returncode == status, done.stderr
     sections: dict[str, list[str]] = {}
@@ -439,6 +427,13 @@ async def test_a_completed_generation_shows_every_step_its_charge_and_its_jobs(
     # the refused submission made no job
     [[refused]] = (await _request_ids(models, generation_id, rejected=True)).values()
     assert refused not in jobs
+    # every job returned its result: one cost each, at its step's price, and the total
+    *job_costs, total = out["costs"][1:]
+    assert len(job_costs) == len(out["provider jobs"]) - 1
+    for app, request_ids in by_app.items():
+        for request_id in request_ids:
+            assert any(app in line and f"request {request_id}" in line for line in job_costs)
+    assert total.split()[0] == "total" and total.endswith(f"({len(job_costs)} jobs)")
     assert out["alerts"][1:] == ["  none"]
 
 
@@ -527,6 +522,7 @@ async def test_a_generation_whose_workflow_never_started_still_shows_its_row_and
     ]
     assert len(out["ledger"]) == 2 and _entry(out["ledger"], "charge")[:2] == ["charge", "-1"]
     assert out["provider jobs"][1:] == ["  none recorded"]
+    assert out["costs"][1:] == ["  none recorded"]
 
 
 async def test_without_temporal_the_database_still_answers_and_the_exit_is_1(
@@ -571,10 +567,10 @@ async def test_a_running_generation_shows_where_it_is(
 
 def test_an_unknown_id_exits_1_and_a_malformed_one_2(stack: Stack) -> None:
     unknown = str(uuid.uuid4())
-    missing = _run(stack, "inspect", unknown)
+    missing = bitbuddies(stack, "inspect", unknown)
     assert missing.returncode == 1
     assert missing.stderr.strip() == f"no generation {unknown}" and missing.stdout == ""
-    malformed = _run(stack, "inspect", "not-a-generation")
+    malformed = bitbuddies(stack, "inspect", "not-a-generation")
     assert malformed.returncode == 2
     assert malformed.stderr.startswith("usage: bitbuddies inspect")
     assert "'not-a-generation' is not a generation id (a UUID)" in malformed.stderr
