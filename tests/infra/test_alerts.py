@@ -129,7 +129,7 @@ async def test_a_failed_delivery_raises_and_the_digest_delivers_it_later(
 ) -> None:
     settings = _settings()
     alert = _alert(settings, "generation_failed", "segment_image", error_class=uuid.uuid4().hex)
-    pushover.fail_next(1)
+    pushover.fail_next(1, where=lambda fields: alert.error_class in fields.get("message", ""))
     with pytest.raises(Exception, match="injected outage"):
         await alerts.raise_alert(db, settings, alert)
     async with db.connection() as conn:

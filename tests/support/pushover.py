@@ -5,7 +5,7 @@ test process): the stack's workers send their owner alerts here with the real
 It answers ``POST /1/messages.json`` as Pushover does: ``{"status": 1, "request": ...}``
 for a message with a token, a user and a text (and, at priority 2, ``retry`` and
 ``expire``), else 400 with ``{"status": 0, "errors": [...]}``. ``fail_next`` makes the
-next answers 500, as an outage of Pushover would."""
+next answers (to the messages it names) 500, as an outage of Pushover would."""
 
 from __future__ import annotations
 
@@ -43,6 +43,7 @@ class Pushover:
         self._lock = threading.Lock()
         self._received: list[Message] = []
         self._failures = 0
+        self._fail_where: Callable[[dict[str, str]], bool] = lambda _: True
         stub = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -75,16 +76,22 @@ class Pushover:
         self._server.shutdown()
         self._server.server_close()
 
-    def fail_next(self, times: int) -> None:
+    def fail_next(
+        self, times: int, where: Callable[[dict[str, str]], bool] = lambda _: True
+    ) -> None:
+        """The next ``times`` messages ``where`` says (every message by default) are
+        answered 500. A predicate keeps another alert sent meanwhile (the day's spend
+        alert, say) from taking the failure meant for the one under test."""
         with self._lock:
             self._failures = times
+            self._fail_where = where
 
     def _answer(self, path: str, fields: dict[str, str]) -> tuple[int, dict[str, Any]]:
         request = str(uuid.uuid4())
         with self._lock:
             if path != "/1/messages.json":
                 return 404, {"status": 0, "errors": ["not found"], "request": request}
-            if self._failures > 0:
+            if self._failures > 0 and self._fail_where(fields):
                 self._failures -= 1
                 self._received.append(Message(fields, accepted=False))
                 return 500, {"status": 0, "errors": ["injected outage"], "request": request}
