@@ -40,6 +40,8 @@ bench: $(STAMP)  ## print every benchmark beside its baseline (each starts its o
 	$(BIN)/python -m bench.burst_starts
 	$(BIN)/python -m bench.ledger_charges
 	$(BIN)/python -m bench.extension_cost
+	$(BIN)/python -m bench.storage_memory
+	$(BIN)/python -m bench.transcode
 
 lint: $(STAMP)
 	$(BIN)/ruff check --fix .

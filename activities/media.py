@@ -7,6 +7,11 @@ outputs at the same time, each to its own pipe that is streamed straight into st
 - ``character.webp``: an animated WebP fallback at no more than 12 fps;
 - ``poster.png``: the first frame, RGBA.
 
+When the mask is itself a video with alpha (a VP9 WebM whose stream says
+``alpha_mode: 1``, as a background-removal model such as veed's gives with its vp9
+codec), it already is the character, colour and alpha: it is used as it is, decoded with
+libvpx (FFmpeg's native VP9 decoder drops alpha), and the colour video is not read.
+
 Nothing is held whole in this process: pipes are read in at most CHUNK_SIZE pieces and
 asyncio's stream readers pause ffmpeg when storage is slower than the encoder. The inputs
 are MP4s, which ffmpeg cannot read from a pipe (the index may sit at the end), so they
@@ -25,6 +30,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import ffmpeg
 import imageio_ffmpeg
@@ -53,6 +59,8 @@ _DURATION = re.compile(r"Duration: (\d+):(\d{2}):(\d{2}(?:\.\d+)?)")
 # "Stream #0:0[0x1](und): Video: h264 (High) (avc1 / 0x31637661), yuv420p(...), 512x512 [SAR"
 # The ", " before the size keeps codec tags such as "0x31637661" from matching.
 _VIDEO_SIZE = re.compile(r"Stream #\d+:\d+.*?: Video: .*?, (\d+)x(\d+)")
+# A Matroska/WebM video stream carrying an alpha plane is tagged so.
+_ALPHA_MODE = re.compile(r"^\s*alpha_mode\s*:\s*1\s*$", re.IGNORECASE | re.MULTILINE)
 
 
 class TranscodeError(RuntimeError):
@@ -81,6 +89,7 @@ class _Probe:
     width: int
     height: int
     duration: float | None  # seconds, from the container; None when it does not say
+    alpha: bool = False  # a video with its own alpha plane (VP9 WebM, alpha_mode 1)
 
 
 @dataclass
@@ -135,6 +144,8 @@ async def transcode_character(
             video, mask = await asyncio.gather(
                 _probe(exe, video_path, "video"), _probe(exe, mask_path, "mask")
             )
+            if mask.alpha:
+                video = mask  # the character is the mask video alone, at its size
             status.step = "encoding"
             sizes, frames = await _encode(
                 exe,
@@ -231,7 +242,12 @@ async def _probe(exe: str, path: Path, role: str) -> _Probe:
     if duration is not None:
         hours, minutes, secs = duration.groups()
         seconds = int(hours) * 3600 + int(minutes) * 60 + float(secs)
-    return _Probe(width=int(size[1]), height=int(size[2]), duration=seconds)
+    return _Probe(
+        width=int(size[1]),
+        height=int(size[2]),
+        duration=seconds,
+        alpha=_ALPHA_MODE.search(text) is not None,
+    )
 
 
 def _ffmpeg_command(
@@ -245,22 +261,18 @@ def _ffmpeg_command(
     duration: float | None,
     webp_fd: int,
     png_fd: int,
+    alpha_video: bool = False,
 ) -> list[str]:
-    # Both inputs are brought to the output rate *before* merging: an ``fps`` filter after
-    # a ``shortest`` merge drops the last frame (the merge's EOF carries the last frame's
-    # own timestamp, so fps treats that frame as having no duration).
-    video = ffmpeg.input(str(video_path)).video.filter("fps", fps)
-    # Masks arrive as ordinary (limited-range) video: ``format=gray`` converts them to the
-    # full 0-255 range alpha needs. Scaling to the video's size makes a mask rendered at a
-    # different resolution work instead of failing alphamerge.
-    alpha = (
-        ffmpeg.input(str(mask_path))
-        .video.filter("fps", fps)
-        .filter("scale", width, height)
-        .filter("format", "gray")
-    )
-    # setsar=1: width and height are reported as display size, so pixels must be square.
-    merged = ffmpeg.filter([video, alpha], "alphamerge", shortest=1).filter("setsar", 1)
+    if alpha_video:
+        # The mask is the character already (colour and alpha): libvpx keeps its alpha.
+        merged = (
+            ffmpeg.input(str(mask_path), vcodec="libvpx-vp9")
+            .video.filter("fps", fps)
+            .filter("format", "yuva420p")
+            .filter("setsar", 1)
+        )
+    else:
+        merged = _alpha_merged(video_path, mask_path, width, height, fps)
     split = merged.split()
 
     webm_options: dict[str, object] = {
@@ -302,6 +314,25 @@ def _ffmpeg_command(
     return [exe, *global_args, "-progress", "pipe:2", *graph_args]
 
 
+def _alpha_merged(video_path: Path, mask_path: Path, width: int, height: int, fps: int) -> Any:
+    """The colour video with the mask merged in as its alpha."""
+    # Both inputs are brought to the output rate *before* merging: an ``fps`` filter after
+    # a ``shortest`` merge drops the last frame (the merge's EOF carries the last frame's
+    # own timestamp, so fps treats that frame as having no duration).
+    video = ffmpeg.input(str(video_path)).video.filter("fps", fps)
+    # Masks arrive as ordinary (limited-range) video: ``format=gray`` converts them to the
+    # full 0-255 range alpha needs. Scaling to the video's size makes a mask rendered at a
+    # different resolution work instead of failing alphamerge.
+    alpha = (
+        ffmpeg.input(str(mask_path))
+        .video.filter("fps", fps)
+        .filter("scale", width, height)
+        .filter("format", "gray")
+    )
+    # setsar=1: width and height are reported as display size, so pixels must be square.
+    return ffmpeg.filter([video, alpha], "alphamerge", shortest=1).filter("setsar", 1)
+
+
 async def _encode(
     exe: str,
     storage: Storage,
@@ -314,6 +345,8 @@ async def _encode(
     keys: tuple[str, str, str],
     status: _Status,
 ) -> tuple[tuple[int, int, int], int]:
+    if mask.alpha:  # the mask alone is the character: its size and length
+        video = mask
     durations = [d for d in (video.duration, mask.duration) if d]
     duration = None
     if durations:
@@ -335,6 +368,7 @@ async def _encode(
             duration=duration,
             webp_fd=webp_write,
             png_fd=png_write,
+            alpha_video=mask.alpha,
         )
         try:
             process = await asyncio.create_subprocess_exec(

@@ -15,6 +15,7 @@ import asyncio
 import io
 import mimetypes
 import tempfile
+import time
 from collections.abc import AsyncIterator, Callable
 from datetime import date, timedelta
 from decimal import Decimal
@@ -33,6 +34,7 @@ from activities.model_errors import (
     MODEL_PROVIDER_UNAVAILABLE,
     MODEL_REQUEST_REJECTED,
     MODEL_STEP_SETTLED,
+    MODEL_STEP_TIMED_OUT,
     job_error_type,
 )
 from activities.permits import get_globally_cached_semaphore
@@ -134,10 +136,14 @@ class ModelActivities:
             role: self.rt.storage.signed_url(key, expires_in=INPUT_URL_TTL)
             for role, key in step.files.items()
         }
-        call = self.adapter.call(step.step, urls, step.params)
+        params = dict(step.params)
+        if self.adapter.needs_image_size(step.step):
+            params["image_size"] = list(await self._picture_size(step.files[contract.IMAGE]))
+        call = self.adapter.call(step.step, urls, params)
         try:
+            # call.headers: the adapter's own (fal's: its outputs expire soon after).
             handle = await self.rt.fal.submit(
-                call.app, call.arguments, webhook_url=self._webhook_url(step)
+                call.app, call.arguments, webhook_url=self._webhook_url(step), headers=call.headers
             )
         except fal_client.client.FalClientHTTPError as err:
             if is_refusal(err):
@@ -210,7 +216,8 @@ class ModelActivities:
         last_state = ""
         interval = POLL_FIRST_INTERVAL_SECONDS
         queue = metrics.QueueWatch(self.rt.db, job.step, job.idempotency_key, _first_attempt())
-        while (state := await self._look(job, last_state)) is not None:
+        deadline = await self._deadline(job)
+        while (state := await self._look(job, last_state, deadline)) is not None:
             await queue.seen(queued=state.startswith("queued"))
             last_state = state
             if await _worker_shutdown_within(interval):
@@ -228,12 +235,23 @@ class ModelActivities:
     async def check_model_job(self, job: ModelJob) -> bool:
         """One status check of a job whose webhook the workflow awaits: whether it ended
         well (a job that failed raises, as the poll does)."""
-        return await self._look(job, "") is None
+        return await self._look(job, "", await self._deadline(job)) is None
 
-    async def _look(self, job: ModelJob, last_state: str) -> str | None:
+    async def _deadline(self, job: ModelJob) -> float | None:
+        """When (``time.monotonic``) the job's allowance at the provider ends: the
+        adapter's timeout for its step (the model map's ``timeout_seconds``) from its
+        submission, as recorded. None: no allowance but the workflow's own."""
+        timeout = self.adapter.timeout_seconds(job.step)
+        if timeout is None:
+            return None
+        async with self.rt.db.connection() as conn:
+            age = await permits.job_age_seconds(conn, job.idempotency_key)
+        return time.monotonic() + timeout - (age or 0.0)
+
+    async def _look(self, job: ModelJob, last_state: str, deadline: float | None) -> str | None:
         """Ask the provider about the job once. None when it completed; its state while
         it is queued or running (a new place in line is announced); raises when it failed
-        or the provider could not say."""
+        or the provider could not say, or when the job ran past its ``deadline``."""
         try:
             status = await self.rt.fal.status(job.app, job.request_id)
         except fal_client.client.FalClientHTTPError as err:
@@ -255,6 +273,14 @@ class ModelActivities:
                     non_retryable=True,
                 )
             return None  # fetch releases the permit; no need to renew it now
+        if deadline is not None and time.monotonic() >= deadline:
+            # Not retried; the workflow's cleanup stops the job and gives the permit back.
+            raise ApplicationError(
+                f"{job.app} job {job.request_id}: no result within its"
+                f" {self.adapter.timeout_seconds(job.step):g} s",
+                type=MODEL_STEP_TIMED_OUT,
+                non_retryable=True,
+            )
         state, message = _describe(status, job)
         # Only a job still running is worth a heartbeat: completing reports liveness.
         activity.heartbeat(state)
@@ -441,6 +467,10 @@ class ModelActivities:
         key = job.inputs.get(contract.IMAGE)
         if key is None or job.step != contract.SEGMENT_IMAGE.name:
             return None
+        return await self._picture_size(key)
+
+    async def _picture_size(self, key: str) -> tuple[int, int]:
+        """(width, height) of a stored picture."""
         data = await self.rt.storage.read_bytes(key)
         return await asyncio.to_thread(outputs.picture_size, io.BytesIO(data))
 

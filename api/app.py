@@ -170,8 +170,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
 def _install_middleware(app: FastAPI, settings: Settings) -> None:
     """Outermost last: the host and size checks run before anything else reads the
-    request; security headers go on every answer, errors included; outside them all,
-    RequestContext gives each request its id, log context and span."""
+    request; RequestContext gives each request its id, log context and span, and answers
+    an unhandled error with our 500; outside them all, security headers go on every
+    answer, errors included."""
     upload_limit = settings.max_upload_bytes + MULTIPART_OVERHEAD
 
     def limit_for(method: str, path: str) -> int:
@@ -200,5 +201,5 @@ def _install_middleware(app: FastAPI, settings: Settings) -> None:
         ),
         placeholder_secret=settings.uses_placeholder_secret,
     )
+    app.add_middleware(RequestContext)  # request id, log context, server span; its 500s
     app.add_middleware(SecurityHeaders, hsts=urlsplit(settings.public_url).scheme == "https")
-    app.add_middleware(RequestContext)  # request id, log context, server span

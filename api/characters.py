@@ -26,6 +26,7 @@ from api.services.errors import NotFound
 from infra.database import records
 from infra.settings import Settings
 from infra.storage import Storage
+from infra.storage.cdn import asset_url
 
 router = APIRouter(prefix="/v1/characters", tags=["characters"])
 # Short: a link that leaks (a shared screenshot, a proxy log) soon stops working; a client
@@ -49,8 +50,12 @@ def share_url(settings: Settings, character: records.Character) -> str | None:
 
 def _public(settings: Settings, storage: Storage, character: records.Character) -> CharacterPublic:
     def url(fmt: AssetFormat) -> str:
-        return storage.signed_url(
-            asset_key(character, fmt), expires_in=ASSET_URL_TTL, content_type=CONTENT_TYPES[fmt]
+        return asset_url(
+            settings,
+            storage,
+            asset_key(character, fmt),
+            expires_in=ASSET_URL_TTL,
+            content_type=CONTENT_TYPES[fmt],
         )
 
     return CharacterPublic(

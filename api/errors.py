@@ -150,11 +150,8 @@ def install_error_handlers(app: FastAPI) -> None:
             headers={"Retry-After": "1"},
         )
 
-    @app.exception_handler(Exception)
-    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-        # Starlette logs the traceback itself; the client gets the documented body.
-        log.error("unhandled error on %s %s", request.method, request.url.path)
-        return error_response(500, "internal_error", "Something went wrong on our side; try again.")
+    # An unhandled error's 500 (`internal_error`) is answered by api/middleware.py
+    # RequestContext, where the request id and log context are.
 
 
 class ErrorDetail(BaseModel):

@@ -48,6 +48,9 @@ async def healthz(request: Request) -> JSONResponse:
         "postgres": _postgres(request),
         "redis": _redis(request),
         "temporal": _temporal(request),
+        # "worker": the interactive pool's (its old name kept for whoever reads this). The
+        # batch pool is not checked: it is optional, and scaled to zero while no bulk job
+        # runs; a batch generation only waits for it.
         "worker": _workers(request, settings.task_queue),
         "media_worker": _workers(request, settings.media_task_queue),
         "housekeeping_worker": _workers(request, settings.housekeeping_task_queue),

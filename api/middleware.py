@@ -8,6 +8,7 @@ untouched and nothing buffers a body.
 from __future__ import annotations
 
 import json
+import logging
 import re
 import uuid
 from collections.abc import Callable
@@ -21,6 +22,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.errors import NotUtf8, error_body
 from infra.logging import bind_log_context, unbind_log_context
+
+log = logging.getLogger("bitbuddies.api")
 
 # Multipart framing around the photo and the prompt: boundaries, part headers, the
 # prompt itself (500 characters, at most 4 bytes each) and slack.
@@ -204,7 +207,7 @@ def _route_of(scope: Scope) -> str | None:
 
 
 class RequestContext:
-    """What each HTTP request is, for logs and traces. Outermost of ours.
+    """What each HTTP request is, for logs and traces; inside SecurityHeaders only.
 
     - A request id: the caller's ``X-Request-ID`` when it is a safe token, else a new
       one; sent back in ``X-Request-ID``.
@@ -217,10 +220,12 @@ class RequestContext:
       the user id: never the path or the query (ids, share slugs, signatures), nor any
       header. Without an exporter the tracer is the no-op one.
 
-    An event stream's span lasts as long as the stream. An unhandled error leaves the
-    log context bound, so the server's own traceback line (uvicorn logs it after the app
-    returns, in this request's task) still says which request it was; its 500 is sent by
-    Starlette's outermost middleware, outside this one, without the header.
+    An event stream's span lasts as long as the stream. An unhandled error is logged
+    here, with its traceback and the request's log context, and answered here: a 500
+    with the documented error body (``internal_error``), the request id and, since
+    SecurityHeaders is outside this one, the security headers. Starlette's own last-resort
+    500 (plain text, none of those headers) is never reached; if the answer had already
+    begun, the error is re-raised so the server drops the connection.
     """
 
     def __init__(self, app: ASGIApp, *, tracer: trace.Tracer | None = None) -> None:
@@ -263,13 +268,19 @@ class RequestContext:
             try:
                 await self.app(scope, receive, send_with_id)
             except Exception as exc:
-                status = status or 500
                 span.record_exception(exc)
                 span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
-                raise  # the log context stays bound for the server's traceback line
-            else:
-                unbind_log_context(token)
+                log.exception("unhandled error in %s %s", method, _route_of(scope) or "?")
+                if status is not None:  # the answer has begun: nothing else can be said
+                    raise
+                status = 500
+                await _send_json(
+                    send_with_id,
+                    500,
+                    error_body("internal_error", "Something went wrong on our side; try again."),
+                )
             finally:
+                unbind_log_context(token)
                 route = _route_of(scope)
                 if route is not None:
                     span.update_name(f"{method} {route}")

@@ -40,7 +40,7 @@ async def _serve(address: str, ready_file: Path) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    # The same concurrency settings as the real worker's main task queue.
+    # The same concurrency settings as the real worker's interactive task queue.
     async with Worker(
         client,
         task_queue=TASK_QUEUE,

@@ -19,13 +19,24 @@ reads them: infra/settings.py) and returns the exit status. ``COMMANDS`` registe
     bitbuddies costs [--days 7]                   provider spend: per day, step and endpoint
                                                   (jobs, USD, time), and the average per
                                                   generation
+    bitbuddies promote-version BUILD_ID [--pool P] [--timeout 10m]
+                                                  a deploy's step: once that build's workers
+                                                  poll every pool's task queue (an optional
+                                                  pool's only while any worker polls it, or
+                                                  the pools named), make it the
+                                                  Worker Deployment's current version (new
+                                                  generations and the next step of running
+                                                  ones go to it; infra/versioning.py); an
+                                                  older build id rolls back
 
 ``inspect`` exits 1 for an id no generation has, or when Temporal could not be read (what
 the database holds is printed all the same), and 2 for an id that is not a UUID.
 ``grant`` and ``ledger`` exit 1 for an email no account has (``grant`` also for a key that
 granted another amount or to another user); ``check-ledger`` exits 1 when the invariant
 is broken (``billing.ledger.check_invariant``), printing each violation; ``reconcile``
-exits 1 when the run found violations, or could not be started or waited for.
+exits 1 when the run found violations, or could not be started or waited for;
+``promote-version`` exits 1 when the build's workers did not all poll in time or Temporal
+refused the version.
 """
 
 from __future__ import annotations
@@ -593,6 +604,69 @@ def _grouped(
     )
 
 
+def _promote_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("build_id", help="the build's id (its image tag)")
+    parser.add_argument(
+        "--pool",
+        action="append",
+        default=None,
+        help="a pool whose queue the build's workers must poll first (repeatable);"
+        " default: every pool",
+    )
+    parser.add_argument(
+        "--timeout",
+        type=duration,
+        default=timedelta(minutes=10),
+        help="how long to wait for the build's workers (10m)",
+    )
+
+
+async def _promote_version(args: argparse.Namespace, settings: Settings) -> int:
+    from temporalio.common import WorkerDeploymentVersion
+
+    from infra import versioning
+    from infra.worker import POOLS
+
+    if unknown := sorted(set(args.pool or []) - set(POOLS)):
+        print(f"unknown pool(s) {unknown}; pools: {', '.join(POOLS)}", file=sys.stderr)
+        return 2
+    client = await connect(settings)
+    # A pool with workflows polls both kinds of task; one without, activity tasks only.
+    queues = {
+        pool.task_queue(settings): versioning.WORKFLOW if pool.workflows else versioning.ACTIVITY
+        for name, pool in POOLS.items()
+        if name in (args.pool or POOLS)
+    }
+    if not args.pool:
+        # An optional pool counts only while it runs (any build polls its queue): one
+        # scaled to nothing would hold the promotion until the timeout.
+        for pool in POOLS.values():
+            queue = pool.task_queue(settings)
+            if pool.optional and not await versioning.pollers(client, queue, queues[queue]):
+                del queues[queue]
+    target = WorkerDeploymentVersion(settings.worker_deployment, args.build_id)
+    print(f"waiting for {target.to_canonical_string()} to poll {', '.join(queues)} ...")
+    try:
+        async with asyncio.timeout(args.timeout.total_seconds()):
+            previous = await versioning.promote(
+                client, target, queues, identity="bitbuddies promote-version"
+            )
+    except versioning.PromotionFailed as err:
+        print(f"not promoted: {err}", file=sys.stderr)
+        return 1
+    except TimeoutError:
+        missing = await versioning.unpolled(client, target, queues)
+        print(
+            f"not promoted: after {args.timeout}, no worker of {target.to_canonical_string()}"
+            f" polls {', '.join(missing) or '(all polled by now: run it again)'}",
+            file=sys.stderr,
+        )
+        return 1
+    was = previous.to_canonical_string() if previous else "unversioned workers"
+    print(f"current version: {target.to_canonical_string()} (was {was})")
+    return 0
+
+
 COMMANDS: dict[str, Command] = {
     command.name: command
     for command in (
@@ -641,6 +715,13 @@ COMMANDS: dict[str, Command] = {
             " average per generation",
             _costs_arguments,
             _costs,
+        ),
+        Command(
+            "promote-version",
+            "make a build the Worker Deployment's current version once its workers poll"
+            " every pool's task queue (a deploy's last step; an older build rolls back)",
+            _promote_arguments,
+            _promote_version,
         ),
     )
 }

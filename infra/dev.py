@@ -2,7 +2,8 @@
 
 Starts Temporal (SQLite file), Redis, PostgreSQL, the local model server, the local
 Stripe stand-in (infra/stripe_local/), one worker
-per pool (main, media, housekeeping: infra/worker.py) and the API; state lives in one
+per pool (interactive, media, housekeeping: infra/worker.py; not the optional batch
+one) and the API; state lives in one
 data folder (default .data/) and survives a restart. Ctrl-C stops everything, in reverse
 order. If any part dies, everything stops and its log's last lines are shown.
 """

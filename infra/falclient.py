@@ -7,8 +7,10 @@ and the few calls we make beside fal_client's own API.
 reach ``python -m infra.modelserver`` over plain HTTP we point those constants at it.
 That patch is **process-wide**: every ``fal_client`` client in the process then talks
 to the local server. It is idempotent (same URL, same result) and is only ever applied
-when no fal key is configured, i.e. never in production. Asking for a real client later
-in the same process restores the real hosts.
+when no fal key is configured, or when ``BITBUDDIES_FAL_BASE_URL`` names another home
+for fal's hosts (``python -m infra.modelserver --mimic fal``, which serves fal's own
+endpoint ids): then the real adapter and a real key's requests go there. Asking for a
+real client later in the same process restores the real hosts.
 
 ``AsyncBackupDomainTransport`` (the client's transport) cannot send local requests
 elsewhere: on a connection error it retries only hosts listed in
@@ -38,12 +40,24 @@ _REAL_HOSTS = {
 LOCAL_KEY = "local"  # sent as "Authorization: Key local"; the local server ignores it
 
 
-def make_fal_client(*, fal_key: str | None, model_server_url: str) -> fal_client.AsyncClient:
-    """A fal ``AsyncClient`` for fal.ai (``fal_key`` set) or the local model server."""
+def make_fal_client(
+    *, fal_key: str | None, model_server_url: str, fal_base_url: str | None = None
+) -> fal_client.AsyncClient:
+    """A fal ``AsyncClient`` for fal.ai (``fal_key`` set: at its real hosts, or at
+    ``fal_base_url`` when given) or, without a key, the local model server."""
     if fal_key is not None:
-        _set_hosts(_REAL_HOSTS)
+        if fal_base_url is None:
+            _set_hosts(_REAL_HOSTS)
+        else:
+            _point_hosts_at(fal_base_url)
         return fal_client.AsyncClient(key=fal_key)
-    base = model_server_url.rstrip("/") + "/"
+    _point_hosts_at(model_server_url)
+    return fal_client.AsyncClient(key=LOCAL_KEY)
+
+
+def _point_hosts_at(url: str) -> None:
+    """Every fal_client host constant at ``url``, in fal's queue layout."""
+    base = url.rstrip("/") + "/"
     check_no_backup_for(base)
     _set_hosts(
         {
@@ -54,13 +68,17 @@ def make_fal_client(*, fal_key: str | None, model_server_url: str) -> fal_client
             "CDN_URL": base.rstrip("/"),
         }
     )
-    return fal_client.AsyncClient(key=LOCAL_KEY)
 
 
 def fal_client_from_settings(settings: Settings) -> fal_client.AsyncClient:
-    """The client the settings ask for: fal.ai when ``FAL_KEY`` is set, else local."""
+    """The client the settings ask for: fal.ai when ``FAL_KEY`` is set (at
+    ``BITBUDDIES_FAL_BASE_URL`` when that is set), else local."""
     key = settings.fal_key.get_secret_value() if settings.fal_key else None
-    return make_fal_client(fal_key=key, model_server_url=settings.model_server_url)
+    return make_fal_client(
+        fal_key=key,
+        model_server_url=settings.model_server_url,
+        fal_base_url=settings.fal_base_url if key is not None else None,
+    )
 
 
 def check_no_backup_for(url: str) -> None:

@@ -88,28 +88,28 @@ GENERATIONS_STARTED = Counter(
 )
 GENERATIONS_COMPLETED = Counter(
     "bitbuddies_generations_completed",
-    "Generations delivered: the character and the outcome recorded (main worker).",
+    "Generations delivered: the character and the outcome recorded (interactive worker).",
 )
 GENERATIONS_FAILED = Counter(
     "bitbuddies_generations_failed",
     "Generations the workflow settled as failed, by the step they failed at and the error"
-    " code the owner was shown (main worker).",
+    " code the owner was shown (interactive worker).",
     ["step", "reason"],
 )
 GENERATIONS_CANCELLED = Counter(
     "bitbuddies_generations_cancelled",
-    "Generations the workflow settled as cancelled, by the step they were at (main worker).",
+    "Generations the workflow settled as cancelled, by the step they were at (interactive worker).",
     ["step"],
 )
 GENERATIONS_REFUNDED = Counter(
     "bitbuddies_generations_refunded",
     "Tokens given back when the workflow settled a generation, by step and error code"
-    " (cancelled for a cancellation; main worker).",
+    " (cancelled for a cancellation; interactive worker).",
     ["step", "reason"],
 )
 STEP_SECONDS = Histogram(
     "bitbuddies_step_duration_seconds",
-    "A model job from its submit to its result fetched and stored (main worker), and the"
+    "A model job from its submit to its result fetched and stored (interactive worker), and the"
     " transcode (media worker); by step. Completed jobs only; a resubmitted step counts"
     " the job that finished.",
     ["step"],
@@ -118,7 +118,7 @@ STEP_SECONDS = Histogram(
 PROVIDER_QUEUE_SECONDS = Histogram(
     "bitbuddies_provider_queue_seconds",
     "A model job from its submit to the first sight of it out of the provider's queue"
-    " (running or done), by step (main worker). The poll sees the job start; a job awaited"
+    " (running or done), by step (interactive worker). The poll sees the job start; a job awaited"
     " by webhook is first seen at its fetch, so this is then its whole time at the"
     " provider.",
     ["step"],

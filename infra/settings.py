@@ -11,11 +11,24 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from workflows import contract
-from workflows.contract import HOUSEKEEPING_TASK_QUEUE, MAIN_TASK_QUEUE, MEDIA_TASK_QUEUE
+from workflows.contract import (
+    BATCH_TASK_QUEUE,
+    HOUSEKEEPING_TASK_QUEUE,
+    INTERACTIVE_TASK_QUEUE,
+    MEDIA_TASK_QUEUE,
+)
 
 LOCAL_SECRET = "local-development-only"  # noqa: S105 - a placeholder, refused in production
 
@@ -44,10 +57,16 @@ class TokenPack(BaseModel):
 #
 # Argument sources, by prefix:  url:<role>  the input file's URL;  urls:<role>  a list of
 # that one URL;  param:<name>  our parameter as is (left out when we have none);
-# text:<template>  a string, our parameters filled in with str.format ({prompt}).
+# text:<template>  a string, our parameters filled in with str.format ({prompt});
+# nearest:<name>:<a>,<b>  the allowed value nearest our numeric parameter, as the string
+# the endpoint's choice takes ("nearest:seconds:5,10": 2 s asked -> "5");
+# canvas:<what>  outpainting geometry from the input image's real size (read from the
+# file at submit) and the step's ``canvas``: canvas_size [w, h], image_size (the
+# image's own [w, h]: it is not scaled) or image_location ([x, y]: top, centred).
 # Result paths are dotted, list items by index: "images.0", "video", "nsfw_probability".
 OURS = "ours"  # the endpoint of a step fal has no model for: our model server runs it
-ARGUMENT_SOURCES = ("url", "urls", "param", "text")
+ARGUMENT_SOURCES = ("url", "urls", "param", "text", "nearest", "canvas")
+CANVAS_VALUES = ("canvas_size", "image_size", "image_location")
 OUTPUT_ROLES = (contract.IMAGE, contract.MASK, contract.VIDEO, contract.MASK_VIDEO)
 
 
@@ -58,6 +77,15 @@ class FalOutputFile(BaseModel):
 
     path: str = Field(min_length=1)
     content_type: str = Field(pattern=r"^[a-z]+/[a-z0-9.+-]+$")
+
+
+class FalCanvas(BaseModel):
+    """An outpainting canvas, in multiples of the input image's width and height."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    width: float = Field(ge=1, le=4)
+    height: float = Field(ge=1, le=4)
 
 
 class FalStepModel(BaseModel):
@@ -71,7 +99,14 @@ class FalStepModel(BaseModel):
     data_fixed: dict[str, Any] = {}  # facts the endpoint implies (None: not known)
     cost_usd: float = Field(ge=0)  # per call, at our render settings
     cost_basis: str = ""  # where cost_usd comes from
-    timeout_seconds: float = Field(gt=0)  # the job's allowance at the provider
+    # cost_usd buys cost_unit of this argument (e.g. seconds of video); a call asking
+    # for more costs in proportion. None: a flat price per call.
+    cost_scales_with: str | None = None
+    cost_unit: float = Field(1.0, gt=0)
+    # the job's allowance at the provider, from its submission: past it the step fails
+    # timed out (activities/models.py), whatever the workflow's own allowance for its kind
+    timeout_seconds: float = Field(gt=0)
+    canvas: FalCanvas | None = None  # for canvas:<what> arguments
 
     @model_validator(mode="after")
     def _check_mapping(self) -> FalStepModel:
@@ -84,11 +119,41 @@ class FalStepModel(BaseModel):
                 )
             if kind in ("url", "urls") and rest not in OUTPUT_ROLES:
                 raise ValueError(f"argument {name!r}: {rest!r} is not a file role")
+            if kind == "nearest":
+                _nearest_choices(name, rest)
+            if kind == "canvas" and (rest not in CANVAS_VALUES or self.canvas is None):
+                raise ValueError(
+                    f"argument {name!r}: canvas:{rest} needs one of {', '.join(CANVAS_VALUES)}"
+                    " and the step's canvas"
+                )
+        scaled = self.cost_scales_with
+        if scaled is not None and scaled not in self.arguments and scaled not in self.fixed:
+            raise ValueError(f"cost_scales_with: {self.cost_scales_with!r} is no argument")
         if unknown := set(self.files) - set(OUTPUT_ROLES):
             raise ValueError(f"files: {sorted(unknown)} are not roles ({', '.join(OUTPUT_ROLES)})")
         if self.endpoint != OURS and not self.files and not self.data:
             raise ValueError("a fal endpoint's result must give files or data")
         return self
+
+
+def _nearest_choices(name: str, rest: str) -> tuple[str, list[str]]:
+    """``<param>:<a>,<b>,...`` of a nearest:... source: our parameter and the choices."""
+    param, _, listed = rest.partition(":")
+    choices = [c.strip() for c in listed.split(",") if c.strip()]
+    try:
+        [float(c) for c in choices]
+    except ValueError:
+        choices = []
+    if not param or not choices:
+        raise ValueError(f"argument {name!r}: nearest:{rest} is not nearest:<param>:<a>,<b>")
+    return param, choices
+
+
+def nearest_choice(rest: str, value: float) -> str:
+    """The choice of a ``nearest:<param>:<a>,<b>`` source nearest ``value`` (the
+    first of two as near)."""
+    _, choices = _nearest_choices("", rest)
+    return min(choices, key=lambda c: abs(float(c) - value))
 
 
 _PNG = {"content_type": "image/png"}
@@ -130,14 +195,16 @@ DEFAULT_FAL_MODELS: dict[str, dict[str, Any]] = {
     },
     contract.EXPAND.name: {
         "endpoint": "fal-ai/bria/expand",
-        "arguments": {"image_url": "url:image"},
-        # Our cartoon (about 1024 px square from Kontext) is placed at the top of a
-        # taller canvas; the model draws the body below it.
-        "fixed": {
-            "canvas_size": [1024, 1536],
-            "original_image_size": [768, 768],
-            "original_image_location": [128, 0],
+        # Our cartoon, at its real size (Kontext picks it: about 1024 px a side), sits
+        # at the top of a canvas a third wider and twice as tall, centred; the model
+        # draws the body below it and the scenery beside.
+        "arguments": {
+            "image_url": "url:image",
+            "canvas_size": "canvas:canvas_size",
+            "original_image_size": "canvas:image_size",
+            "original_image_location": "canvas:image_location",
         },
+        "canvas": {"width": 4 / 3, "height": 2.0},
         "files": {contract.IMAGE: {"path": "image", **_PNG}},
         "data_fixed": {"face": None, "expanded": True},
         "cost_usd": 0.04,
@@ -159,12 +226,15 @@ DEFAULT_FAL_MODELS: dict[str, dict[str, Any]] = {
             "prompt": "text:The cartoon character moves in place, whole body in view,"
             " still camera, still background. {prompt}",
             "image_url": "url:image",
+            # Kling makes 5 or 10 s clips: our animation length, to the nearest.
+            "duration": "nearest:seconds:5,10",
         },
-        # Kling makes 5 or 10 s clips; 5 s is our default length (and its price).
-        "fixed": {"duration": "5", "negative_prompt": "camera movement, zoom, cut, blur"},
+        "fixed": {"negative_prompt": "camera movement, zoom, cut, blur"},
         "files": {contract.VIDEO: {"path": "video", "content_type": "video/mp4"}},
         "cost_usd": 0.28,
-        "cost_basis": "fal: $0.28 per 5 s clip",
+        "cost_scales_with": "duration",
+        "cost_unit": 5,
+        "cost_basis": "fal: $0.28 per 5 s clip (a 10 s clip: twice that)",
         "timeout_seconds": 1200,
     },
     # birefnet's mask video is the grey matte our transcode merges as alpha. The other
@@ -243,18 +313,119 @@ class Settings(BaseSettings):
     redis_url: str = Field("redis://127.0.0.1:63790/0", validation_alias="REDIS_URL")
     temporal_address: str = Field("127.0.0.1:7233", validation_alias="TEMPORAL_ADDRESS")
     temporal_namespace: str = Field("default", validation_alias="TEMPORAL_NAMESPACE")
-    task_queue: str = MAIN_TASK_QUEUE
+    # Temporal Cloud, or any Temporal behind TLS (infra/temporal.py); the names are the ones
+    # Temporal's own CLI and SDKs read. Connect over TLS, verifying the server against the
+    # system's roots (implied by a client certificate or an API key).
+    temporal_tls: bool = Field(False, validation_alias="TEMPORAL_TLS")
+    # mTLS: the client certificate (PEM file) presented to the server; needs the key too.
+    temporal_tls_client_cert_path: Path | None = Field(
+        None, validation_alias="TEMPORAL_TLS_CLIENT_CERT_PATH"
+    )
+    # mTLS: the client certificate's private key (PEM file); needs the certificate too.
+    temporal_tls_client_key_path: Path | None = Field(
+        None, validation_alias="TEMPORAL_TLS_CLIENT_KEY_PATH"
+    )
+    # The CA (PEM file) the server's certificate is checked against, instead of the
+    # system's roots (a self-hosted server with its own CA; Temporal Cloud needs none).
+    temporal_tls_server_ca_cert_path: Path | None = Field(
+        None, validation_alias="TEMPORAL_TLS_SERVER_CA_CERT_PATH"
+    )
+    # The name the server's certificate must carry (and the TLS SNI) when it is not
+    # TEMPORAL_ADDRESS's host.
+    temporal_tls_server_name: str | None = Field(None, validation_alias="TEMPORAL_TLS_SERVER_NAME")
+    # A Temporal Cloud API key, sent as a bearer token over TLS (instead of, or besides,
+    # a client certificate).
+    temporal_api_key: SecretStr | None = Field(None, validation_alias="TEMPORAL_API_KEY")
+
+    @field_validator(
+        "temporal_tls_client_cert_path",
+        "temporal_tls_client_key_path",
+        "temporal_tls_server_ca_cert_path",
+        "temporal_tls_server_name",
+        "temporal_api_key",
+        mode="before",
+    )
+    @classmethod
+    def _blank_is_unset(cls, value: Any) -> Any:
+        """``NAME=`` (a blank line of .env, an empty key of a Secret) means not set."""
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @model_validator(mode="after")
+    def _check_temporal_tls(self) -> Settings:
+        """A client certificate without its key, or a key without its certificate, is
+        refused at start: the connection would otherwise fail later, or go out without
+        the identity the server expects. So is a file that cannot be read."""
+        cert, key = self.temporal_tls_client_cert_path, self.temporal_tls_client_key_path
+        if (cert is None) != (key is None):
+            given, missing = (
+                ("TEMPORAL_TLS_CLIENT_CERT_PATH", "TEMPORAL_TLS_CLIENT_KEY_PATH")
+                if key is None
+                else ("TEMPORAL_TLS_CLIENT_KEY_PATH", "TEMPORAL_TLS_CLIENT_CERT_PATH")
+            )
+            raise ValueError(
+                f"{given} is set but {missing} is not: mTLS to Temporal needs both the"
+                " client certificate and its private key"
+            )
+        files = {
+            "TEMPORAL_TLS_CLIENT_CERT_PATH": cert,
+            "TEMPORAL_TLS_CLIENT_KEY_PATH": key,
+            "TEMPORAL_TLS_SERVER_CA_CERT_PATH": self.temporal_tls_server_ca_cert_path,
+        }
+        for variable, path in files.items():
+            if path is not None and not path.is_file():
+                raise ValueError(f"{variable}: no such file {str(path)!r}")
+        return self
+
+    @property
+    def temporal_uses_tls(self) -> bool:
+        return bool(
+            self.temporal_tls
+            or self.temporal_api_key
+            or self.temporal_tls_client_cert_path
+            or self.temporal_tls_server_ca_cert_path
+            or self.temporal_tls_server_name
+        )
+
+    # Task queues (infra/worker.py's pools). The interactive pool's: generations people
+    # wait for (the workflow and its model steps).
+    task_queue: str = INTERACTIVE_TASK_QUEUE
+    # The batch pool's: the same workflow and steps for generations started in bulk, at a
+    # lower priority.
+    batch_task_queue: str = BATCH_TASK_QUEUE
+    # The media pool's: every generation's transcode (ffmpeg), batch ones behind.
     media_task_queue: str = MEDIA_TASK_QUEUE
+    # The housekeeping pool's: the schedules' workflows and their activities.
     housekeeping_task_queue: str = HOUSEKEEPING_TASK_QUEUE
-    # Activities each worker process runs at once, per pool (infra/worker.py). The main
-    # pool mostly waits on the network; media encodes (0: one per core).
-    worker_main_activities: int = Field(200, ge=1)
+    # Activities each worker process runs at once, per pool (infra/worker.py). The
+    # interactive pool mostly waits on the network (its old name,
+    # BITBUDDIES_WORKER_MAIN_ACTIVITIES, is still read).
+    worker_interactive_activities: int = Field(
+        200,
+        ge=1,
+        validation_alias=AliasChoices(
+            "BITBUDDIES_WORKER_INTERACTIVE_ACTIVITIES",
+            "BITBUDDIES_WORKER_MAIN_ACTIVITIES",
+            "worker_interactive_activities",
+        ),
+    )
+    # The batch pool's: model steps wait on the network too, but this pool should use
+    # only what the interactive one leaves (see README, Task queues and worker pools).
+    worker_batch_activities: int = Field(50, ge=1)
+    # The media pool's: encodes (0: one per core).
     worker_media_activities: int = Field(0, ge=0)
     worker_housekeeping_activities: int = Field(1, ge=1)
     # How long a stopping worker (SIGTERM, a deploy) lets its running activities finish
     # before cancelling them (they are retried elsewhere); polls hand back at once. Keep
     # it below the orchestrator's kill deadline (Kubernetes: terminationGracePeriodSeconds).
     worker_shutdown_grace_seconds: float = Field(20.0, ge=0)
+
+    # Worker Versioning (infra/versioning.py): the Temporal Worker Deployment every pool's
+    # workers belong to (no dots in it).
+    worker_deployment: str = Field("bitbuddies", pattern=r"^[^.\s]+$")
+    # This build's id in that deployment (a deploy sets the image tag). With one, each
+    # worker polls as that version and gets tasks once `bitbuddies promote-version` makes
+    # it current; running generations then move to it. None: unversioned workers (local).
+    worker_build_id: str | None = Field(None, pattern=r"^\S+$")
 
     # Models: fal.ai when FAL_KEY is set, else our local queue-protocol server.
     fal_key: SecretStr | None = Field(None, validation_alias="FAL_KEY")
@@ -280,12 +451,37 @@ class Settings(BaseSettings):
     # The keys that sign the provider's webhooks (a JWKS of Ed25519 keys). fal publishes
     # its own here; with local models the local model server's is used.
     fal_jwks_url: str = "https://rest.alpha.fal.ai/.well-known/jwks.json"
+    # Where fal's queue is reached with FAL_KEY set; unset: fal's own hosts. For staging
+    # and the tests: a model server started with --mimic fal serves fal's endpoint ids
+    # (point fal_jwks_url at its /.well-known/jwks.json too, so its webhooks verify).
+    fal_base_url: str | None = None
+    # How long fal keeps each request's output files (its object lifecycle header), in
+    # seconds: our fetch copies them into our storage at once, so they need not stay
+    # public on fal's CDN for long.
+    fal_output_expiry_seconds: int = Field(86400, ge=1)
 
     # Storage: the local folder unless a GCS bucket is named.
     gcs_bucket: str | None = None
     # A service-account JSON key that signs download URLs. Without it the client's own
     # credentials sign, which works only when they are a service-account key themselves.
     gcs_signing_key_file: Path | None = None
+    # A CDN in front of the bucket (e.g. https://cdn.example.com, Cloud CDN on a load
+    # balancer): finished characters' assets are then linked as <this>/<key>. Working
+    # files sent to model providers always stay short-lived signed bucket URLs.
+    gcs_cdn_url: str | None = Field(None, pattern=r"^https?://[^/?#]+(/[^?#]*)?$")
+    # The Cloud CDN signed-URL key, as <key name>:<base64 key>: CDN links are then signed
+    # and expire like the bucket's. Unset: plain links, for objects readable via the CDN.
+    gcs_cdn_signing_key: SecretStr | None = None
+
+    @field_validator("gcs_cdn_signing_key")
+    @classmethod
+    def _check_cdn_signing_key(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            from infra.storage.cdn import parse_signing_key
+
+            parse_signing_key(value.get_secret_value())
+        return value
+
     signing_secret: SecretStr = SecretStr(LOCAL_SECRET)
 
     # Recovery: a generation charged but never started (the API died in between) is

@@ -91,7 +91,8 @@ class Ports:
     model_server: int = 8010
     stripe: int = 8011  # the local Stripe stand-in (infra/stripe_local/)
     # Each worker process's metrics endpoint (infra/metrics.py), by pool: from this port
-    # up in the order pools start (`make dev`: 8021 main, 8022 media, 8023 housekeeping);
+    # up in the order pools start (`make dev`: 8021 interactive, 8022 media, 8023
+    # housekeeping; an optional pool started by hand, such as batch, the next one);
     # 0: a free port each (a throwaway stack). Given out once, then kept for restarts.
     worker_metrics_base: int = 8021
     worker_metrics: dict[str, int] = field(default_factory=dict)
@@ -322,6 +323,20 @@ def temporal(cfg: StackConfig) -> Managed:
         # The dev server's default poll rate adds ~40 ms to every workflow task.
         "--dynamic-config-value",
         "history.transferProcessorMaxPollRPS=1000",
+        # Task queue fairness (workflows/lifecycle.py starts each generation with its
+        # owner's id as fairness key): a backed-up queue hands out tasks round-robin by
+        # user within a priority level, not first-come-first-served, so one user's burst
+        # cannot starve another's. It implies the priority matcher (the priority key:
+        # interactive before batch). As compose's server (infra/deploy/
+        # temporal-dynamicconfig.yaml).
+        "--dynamic-config-value",
+        "matching.enableFairness=true",
+        # Each partition of a queue orders its own tasks only, and a poll takes from any
+        # one: with the default four, a backlog comes out by priority and fairness only
+        # roughly. One node needs no more than one partition to write to (reading all
+        # four still drains tasks an older run wrote there).
+        "--dynamic-config-value",
+        "matching.numTaskqueueWritePartitions=1",
         "--sqlite-pragma",
         "journal_mode=wal",
         "--sqlite-pragma",
@@ -473,7 +488,9 @@ def ensure_database(cfg: StackConfig) -> None:
             conn.execute("CREATE DATABASE bitbuddies")
 
 
-def model_server(cfg: StackConfig) -> Managed:
+def model_server(cfg: StackConfig, *, mimic: str | None = None) -> Managed:
+    """The local model server; ``mimic`` ("fal"): it also serves the fal endpoint ids of
+    the default model map (infra/modelserver/mimic.py)."""
     url = cfg.model_server_url
     return Managed(
         "model-server",
@@ -492,6 +509,7 @@ def model_server(cfg: StackConfig) -> Managed:
             "--public-url",
             url,
             *(["--replay"] if cfg.model_replay else []),
+            *(["--mimic", mimic] if mimic else []),
         ],
         ready=lambda: http_ok(url + "/healthz"),
         env=cfg.app_env(),
@@ -524,9 +542,13 @@ def stripe_local(cfg: StackConfig) -> Managed:
     )
 
 
-def api(cfg: StackConfig) -> Managed:
+def api(cfg: StackConfig, instance: int = 0) -> Managed:
+    """The API process on ``cfg.ports.api``, named ``api``; another instance of it (a
+    second replica, on a port of its own in its ``cfg``) is ``api-<instance>``, with a log
+    of its own."""
+    name = "api" if instance == 0 else f"api-{instance}"
     return Managed(
-        "api",
+        name,
         [
             sys.executable,
             "-m",
@@ -544,13 +566,16 @@ def api(cfg: StackConfig) -> Managed:
         ],
         ready=lambda: http_ok(cfg.api_url + "/livez"),
         env=cfg.app_env(),
-        log_path=cfg.data_dir / "logs" / "api.log",
+        log_path=cfg.data_dir / "logs" / f"{name}.log",
     )
 
 
-def worker(cfg: StackConfig, pool: str) -> Managed:
-    """The worker process of one pool (infra/worker.py), named ``worker-<pool>``."""
-    name = f"worker-{pool}"
+def worker(cfg: StackConfig, pool: str, instance: int = 0) -> Managed:
+    """The worker process of one pool (infra/worker.py), named ``worker-<pool>``; another
+    process of the same pool (they share its task queue) is ``worker-<pool>-<instance>``,
+    with a ready file, a log and a metrics port of its own."""
+    name = f"worker-{pool}" if instance == 0 else f"worker-{pool}-{instance}"
+    metrics_port = cfg.ports.worker_metrics_port(pool if instance == 0 else f"{pool}-{instance}")
     ready_file = cfg.data_dir / "run" / f"{name}.ready"
     ready_file.unlink(missing_ok=True)
     return Managed(
@@ -559,17 +584,18 @@ def worker(cfg: StackConfig, pool: str) -> Managed:
         ready=ready_file.exists,
         env={
             **cfg.app_env(),
-            "BITBUDDIES_WORKER_METRICS_ADDRESS": f"127.0.0.1:{cfg.ports.worker_metrics_port(pool)}",
+            "BITBUDDIES_WORKER_METRICS_ADDRESS": f"127.0.0.1:{metrics_port}",
         },
         log_path=cfg.data_dir / "logs" / f"{name}.log",
     )
 
 
 def workers(cfg: StackConfig) -> list[Managed]:
-    """One worker process per pool of infra/worker.py, in its order."""
-    from infra.worker import POOLS
+    """One worker process per pool of infra/worker.py, in its order, but the optional
+    pools (batch): `worker(cfg, "batch")` starts one when a test or a developer wants it."""
+    from infra.worker import DEFAULT_POOLS
 
-    return [worker(cfg, pool) for pool in POOLS]
+    return [worker(cfg, pool) for pool in DEFAULT_POOLS]
 
 
 def infrastructure(cfg: StackConfig) -> list[Managed]:

@@ -3,13 +3,22 @@
 ``POOLS`` is the registry: for each pool, its task queue, its workflows, its activities
 and how many activities it runs at once (a setting). Keeping the pools apart means a
 burst of encodes on the media pool cannot starve the model polling and workflow tasks of
-the main pool of CPU, and a sweep never competes with either. ``make dev`` and the tests
-start one process per pool (infra/supervisor.py); ``--pool`` may be given more than once
+the interactive pool of CPU, a bulk job never takes an interactive worker's slots, and a
+sweep never competes with any of them. ``make dev`` and the tests start one process per
+pool but the optional ones (infra/supervisor.py); ``--pool`` may be given more than once
 to run several pools in one process.
 
-    main          the BitBuddy workflow; model submit/poll/fetch/release; deliver,
-                  settle, alert
-    media         transcode (ffmpeg), one encode per core by default
+    interactive   the BitBuddy workflow of generations people wait for (priority 2); model
+                  submit/poll/fetch/release; deliver, settle, alert. Its queue is still
+                  "bitbuddies", the name it had when this pool was called "main": each
+                  workflow's history names its task queue, so renaming the queue would
+                  strand the workflows in flight across the deploy.
+    batch         optional (``--pool batch``): the same workflow and activities for
+                  generations started in bulk (workflows/lifecycle.py, priority 4), on
+                  their own queue, "bitbuddies-batch". Nothing starts such generations
+                  yet; the deploy files run it scaled down.
+    media         transcode (ffmpeg), one encode per core by default; every generation's,
+                  a batch one's behind any interactive one waiting (its priority)
     housekeeping  the Housekeeping workflow its Temporal Schedule starts, and its sweep;
                   the AlertDigest workflow (its own schedule) and its digest; the
                   Reconcile workflow (its own schedule) and billing's reconciliation;
@@ -35,7 +44,7 @@ from temporalio.client import Client
 from temporalio.worker import Worker
 
 from activities.runtime import Runtime, open_runtime
-from infra import liveness
+from infra import liveness, versioning
 from infra.log_context import LogContextInterceptor, sandboxed_runner
 from infra.logging import configure_logging
 from infra.metrics import WorkerEndpoint
@@ -51,7 +60,7 @@ from workflows.reconcile import ReconcileWorkflow
 log = logging.getLogger("bitbuddies.worker")
 
 
-def _main_activities(runtime: Runtime) -> list[Callable[..., Any]]:
+def _generation_activities(runtime: Runtime) -> list[Callable[..., Any]]:
     from activities.generations import GenerationActivities
     from activities.legacy import LegacyActivities
     from activities.models import ModelActivities
@@ -99,17 +108,28 @@ class Pool:
     activities: Callable[[Runtime], list[Callable[..., Any]]]
     concurrency: Callable[[Settings], int]  # activities at once, in one process
     keeps_schedules: bool = False
+    # Not started unless named (``--pool``): not by ``make dev``, the tests, or a worker
+    # run without ``--pool``. Its deploy files exist all the same.
+    optional: bool = False
 
 
 POOLS: dict[str, Pool] = {
     pool.name: pool
     for pool in (
         Pool(
-            "main",
+            "interactive",
             task_queue=lambda s: s.task_queue,
             workflows=[BitBuddyWorkflow],
-            activities=_main_activities,
-            concurrency=lambda s: s.worker_main_activities,
+            activities=_generation_activities,
+            concurrency=lambda s: s.worker_interactive_activities,
+        ),
+        Pool(
+            "batch",
+            task_queue=lambda s: s.batch_task_queue,
+            workflows=[BitBuddyWorkflow],
+            activities=_generation_activities,
+            concurrency=lambda s: s.worker_batch_activities,
+            optional=True,
         ),
         Pool(
             "media",
@@ -128,6 +148,8 @@ POOLS: dict[str, Pool] = {
         ),
     )
 }
+# What runs when no pool is named.
+DEFAULT_POOLS: list[str] = [name for name, pool in POOLS.items() if not pool.optional]
 
 
 def _worker(client: Client, settings: Settings, runtime: Runtime, pool: Pool) -> Worker:
@@ -144,6 +166,9 @@ def _worker(client: Client, settings: Settings, runtime: Runtime, pool: Pool) ->
         # Spans continuing the client's trace, then whose work each log line is.
         interceptors=[worker_tracing(), LogContextInterceptor()],
         workflow_runner=sandboxed_runner(),
+        # With BITBUDDIES_WORKER_BUILD_ID: this build's version of the Worker Deployment,
+        # tasks only once it is current; AUTO_UPGRADE (infra/versioning.py). Else unversioned.
+        deployment_config=versioning.deployment_config(settings),
     )
 
 
@@ -167,12 +192,14 @@ async def run_worker(
         queues = [pool.task_queue(settings) for pool in pools]
         identity = f"{socket.gethostname()}:{os.getpid()}"
         await running.enter_async_context(liveness.beating(runtime.redis, queues, identity))
+        this = versioning.version(settings)
         log.info(
-            "worker polling %s on %s (models: %s)",
+            "worker polling %s on %s as %s (models: %s)",
             ", ".join(
                 f"{p.task_queue(settings)} ({p.concurrency(settings)} at once)" for p in pools
             ),
             settings.temporal_address,
+            this.to_canonical_string() if this else "unversioned",
             "fal.ai" if not settings.uses_local_models else settings.model_server_url,
         )
         if ready_file is not None:
@@ -192,14 +219,16 @@ def main() -> None:
         "--pool",
         action="append",
         choices=sorted(POOLS),
-        help="the pool(s) to run (repeatable); default: every pool in this one process",
+        help="the pool(s) to run (repeatable); default: every pool but the optional"
+        f" ones ({', '.join(n for n in POOLS if n not in DEFAULT_POOLS)}) in this one process",
     )
     parser.add_argument("--ready-file", type=Path, default=None)
     args = parser.parse_args()
     settings = get_settings()
     configure_logging(settings.log_level, settings.log_format)
-    configure_tracing(settings, worker_service(args.pool or list(POOLS)))
-    asyncio.run(run_worker(settings, args.pool or list(POOLS), args.ready_file))
+    pools = args.pool or DEFAULT_POOLS
+    configure_tracing(settings, worker_service(pools))
+    asyncio.run(run_worker(settings, pools, args.ready_file))
     flush_tracing()
 
 

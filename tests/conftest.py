@@ -1,5 +1,5 @@
 """One real stack per test session: Temporal dev server, Redis, PostgreSQL, the local
-model server, one worker per pool (main, media, housekeeping) and the API, each a real
+model server, one worker per pool (interactive, media, housekeeping) and the API, each a real
 process started by infra/supervisor.py exactly as `make dev` starts them (on free ports,
 in a temporary data folder).
 
@@ -110,14 +110,14 @@ async def ledger_kinds(db: AsyncConnectionPool, generation_id: str | uuid.UUID) 
 @dataclass
 class Stack:
     cfg: supervisor.StackConfig
-    worker: supervisor.Managed  # the main pool's: the workflow and the model steps
+    worker: supervisor.Managed  # the interactive pool's: the workflow and the model steps
     api: supervisor.Managed
     model_server: supervisor.Managed
     redis: supervisor.Managed
 
     def restart_worker(self) -> None:
         self.worker.stop()
-        self.worker = supervisor.worker(self.cfg, "main")
+        self.worker = supervisor.worker(self.cfg, "interactive")
         self.worker.start()
 
     def restart_api(self, down_seconds: float) -> None:
@@ -185,7 +185,7 @@ def stack(
         by_name = {s.name: s for s in started}
         stack = Stack(
             cfg=cfg,
-            worker=by_name["worker-main"],
+            worker=by_name["worker-interactive"],
             api=by_name["api"],
             model_server=by_name["model-server"],
             redis=by_name["redis"],

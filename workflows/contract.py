@@ -23,7 +23,14 @@ from activities.model_errors import NON_RETRYABLE_MODEL_ERRORS
 # --- names -----------------------------------------------------------------------
 
 WORKFLOW_NAME: Final = "BitBuddy"
-MAIN_TASK_QUEUE: Final = "bitbuddies"  # the workflow and the model steps
+# The interactive pool's queue: the workflow and the model steps of generations people
+# wait for. Still named "bitbuddies" (the pool was once called "main"): a workflow's
+# history names its task queue, so a queue renamed under workflows in flight would leave
+# them with no worker.
+INTERACTIVE_TASK_QUEUE: Final = "bitbuddies"
+# The same workflow and model steps for generations started in bulk, in a pool of their
+# own, so a bulk job never takes an interactive worker's slots.
+BATCH_TASK_QUEUE: Final = "bitbuddies-batch"
 MEDIA_TASK_QUEUE: Final = "bitbuddies-media"  # ffmpeg work, in its own worker
 # Background work: the Housekeeping workflow, run by a Temporal Schedule.
 HOUSEKEEPING_TASK_QUEUE: Final = "bitbuddies-housekeeping"

@@ -7,15 +7,26 @@ module.
 Starting is safe to repeat: the workflow id is the generation id, and a finished run is
 never started again. If Temporal refuses, the generation is settled (refunded, recorded,
 its terminal event written, in one transaction).
+
+Each workflow starts with a Temporal priority, which its activities inherit (the
+transcode on the shared media queue too): an interactive generation (someone waits for
+it) on the interactive queue at priority 2, one started in bulk on the batch queue at 4.
+Where both wait on one queue, every priority-2 task goes before any priority-4 one (1 is
+the highest, 3 the default). Within a priority, the fairness key, the owner's id, makes
+a backed-up queue hand out tasks round-robin by user rather than in arrival order, so
+one user's burst cannot starve another's (the server must have fairness enabled:
+infra/supervisor.py, infra/deploy/temporal-dynamicconfig.yaml; on Temporal Cloud, in the
+namespace's settings). Without a backlog neither changes anything.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+from typing import Final, Literal
 
 from temporalio.client import Client
-from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
+from temporalio.common import Priority, WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
@@ -27,6 +38,19 @@ from workflows import contract
 from workflows.contract import BitBuddyInput, JobFinished, RenderSpec, RetrySpec
 
 log = logging.getLogger("bitbuddies.lifecycle")
+
+
+# Who waits for a generation: someone, now (the API), or nobody in particular (bulk).
+Kind = Literal["interactive", "batch"]
+PRIORITY_KEYS: Final[dict[Kind, int]] = {"interactive": 2, "batch": 4}
+
+
+def task_queue(settings: Settings, kind: Kind) -> str:
+    return settings.batch_task_queue if kind == "batch" else settings.task_queue
+
+
+def priority(generation: records.Generation, kind: Kind) -> Priority:
+    return Priority(priority_key=PRIORITY_KEYS[kind], fairness_key=str(generation.user_id))
 
 
 class StartFailed(Exception):
@@ -54,26 +78,35 @@ def workflow_input(settings: Settings, generation: records.Generation) -> BitBud
 
 
 async def start_workflow(
-    client: Client, settings: Settings, generation: records.Generation
+    client: Client,
+    settings: Settings,
+    generation: records.Generation,
+    kind: Kind = "interactive",
 ) -> None:
-    """Start (or find already started) the generation's workflow."""
+    """Start (or find already started) the generation's workflow, on ``kind``'s queue at
+    its priority, with its owner as fairness key."""
     with contextlib.suppress(WorkflowAlreadyStartedError):
         await client.start_workflow(
             contract.WORKFLOW_NAME,
             workflow_input(settings, generation),
             id=str(generation.id),
-            task_queue=settings.task_queue,
+            task_queue=task_queue(settings, kind),
             id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
             id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+            priority=priority(generation, kind),
         )
 
 
 async def start_or_refund(
-    conn: Conn, client: Client, settings: Settings, generation: records.Generation
+    conn: Conn,
+    client: Client,
+    settings: Settings,
+    generation: records.Generation,
+    kind: Kind = "interactive",
 ) -> None:
     """Start the generation's workflow; if Temporal refuses, refund and raise StartFailed."""
     try:
-        await start_workflow(client, settings, generation)
+        await start_workflow(client, settings, generation, kind)
     except RPCError as err:
         # The start may have reached Temporal even though we saw an error.
         if await _workflow_exists(client, generation):

@@ -23,6 +23,7 @@ class AppCall:
 
     app: str
     arguments: dict[str, Any]
+    headers: dict[str, str] = field(default_factory=dict)  # sent with the submission
 
 
 @dataclass(frozen=True)
@@ -47,7 +48,15 @@ class Adapter(Protocol):
         """The provider's app that runs ``step``."""
 
     def call(self, step: str, urls: dict[str, str], params: dict[str, Any]) -> AppCall:
-        """The submission of ``step``: ``urls`` by role, ``params`` in our words."""
+        """The submission of ``step``: ``urls`` by role, ``params`` in our words (with
+        ``image_size``, the input image's [width, height], when ``needs_image_size``)."""
+
+    def needs_image_size(self, step: str) -> bool:
+        """Whether ``call`` needs the real size of the step's input image."""
+
+    def timeout_seconds(self, step: str) -> float | None:
+        """How long the step's job may take from its submission (None: the workflow's
+        allowance for its kind alone bounds it)."""
 
     def result(self, step: str, result: dict[str, Any]) -> StepResult:
         """The app's result, in our words."""
@@ -72,4 +81,8 @@ def adapter_for(settings: Settings) -> Adapter:
 
     if settings.uses_local_models:
         return LocalModels(settings.local_model_costs)
-    return FalModels(settings.fal_models)
+    return FalModels(
+        settings.fal_models,
+        output_expiry_seconds=settings.fal_output_expiry_seconds,
+        seconds=settings.animation_seconds,
+    )

@@ -7,10 +7,17 @@ The analysis step has no fal endpoint (its map entry says ``ours``): our model s
 analyze app runs it, at ``model_server_url``, with the local adapter's arguments and
 result. Its app id (``bitbuddies/analyze``) is ours, not fal's; ``RoutedClient`` sends
 the calls of such apps to the model server and every other call to fal.
+
+Every fal submission asks fal, by its object lifecycle header, to expire the request's
+output files after ``Settings.fal_output_expiry_seconds`` instead of keeping them public
+on its CDN: our fetch copies them into our storage as soon as the job ends. Inputs are
+never uploaded to fal: each is a short-lived signed URL of our own storage
+(activities/models.py, INPUT_URL_TTL) that the endpoint downloads from.
 """
 
 from __future__ import annotations
 
+import json
 import string
 from dataclasses import dataclass
 from typing import Any
@@ -22,7 +29,7 @@ import httpx
 from activities.providers import AppCall, OutputFile, StepResult, UnknownStep
 from activities.providers.local import LocalModels
 from infra.falclient import fal_client_from_settings
-from infra.settings import OURS, FalStepModel, Settings
+from infra.settings import OURS, FalStepModel, Settings, nearest_choice
 from workflows import contract
 
 
@@ -37,11 +44,26 @@ class _Params(dict[str, Any]):
         return ""
 
 
+# fal's header asking for a request's stored outputs to expire (its "object lifecycle").
+LIFECYCLE_HEADER = "X-Fal-Object-Lifecycle-Preference"
+DEFAULT_OUTPUT_EXPIRY_SECONDS = 86400
+
+
 class FalModels:
     name = "fal"
 
-    def __init__(self, models: dict[str, FalStepModel]) -> None:
+    def __init__(
+        self,
+        models: dict[str, FalStepModel],
+        *,
+        output_expiry_seconds: int = DEFAULT_OUTPUT_EXPIRY_SECONDS,
+        seconds: float = 5.0,
+    ) -> None:
+        """``seconds``: our animation length (Settings.animation_seconds), which prices
+        a step whose cost scales with it."""
         self.models = models
+        self.output_expiry_seconds = output_expiry_seconds
+        self.seconds = seconds
         self._local = LocalModels()
 
     def model(self, step: str) -> FalStepModel:
@@ -84,10 +106,23 @@ class FalModels:
             elif kind == "param":
                 if params.get(what) is not None:
                     arguments[name] = params[what]
+            elif kind == "nearest":
+                param = what.partition(":")[0]
+                if params.get(param) is not None:
+                    arguments[name] = nearest_choice(what, float(params[param]))
+            elif kind == "canvas":
+                arguments[name] = _canvas(model, what, params.get("image_size"), step)
             else:  # text
                 arguments[name] = string.Formatter().vformat(what, (), _Params(params)).strip()
         arguments.update(model.fixed)
-        return AppCall(model.endpoint, arguments)
+        lifecycle = json.dumps({"expiration_duration_seconds": self.output_expiry_seconds})
+        return AppCall(model.endpoint, arguments, {LIFECYCLE_HEADER: lifecycle})
+
+    def needs_image_size(self, step: str) -> bool:
+        """Whether the step's arguments come from its input image's real size."""
+        if self.runs_on_ours(step):
+            return False
+        return any(s.startswith("canvas:") for s in self.model(step).arguments.values())
 
     def result(self, step: str, result: dict[str, Any]) -> StepResult:
         if self.runs_on_ours(step):
@@ -111,8 +146,38 @@ class FalModels:
 
     def cost(self, step: str) -> float:
         """The map's price of a call, ours included (a step our model server runs is
-        priced there too: 0 unless the map says otherwise)."""
-        return self.model(step).cost_usd
+        priced there too: 0 unless the map says otherwise). A price per unit of an
+        argument (Kling's per 5 s of video) is scaled by the value our settings ask."""
+        model = self.model(step)
+        if model.cost_scales_with is None:
+            return model.cost_usd
+        # Our only parameter fixed for every generation by the settings is its length.
+        argument = model.cost_scales_with
+        kind, _, what = model.arguments.get(argument, "").partition(":")
+        value: Any = model.fixed.get(argument)
+        if kind == "nearest" and what.partition(":")[0] == "seconds":
+            value = nearest_choice(what, self.seconds)
+        elif kind == "param" and what == "seconds":
+            value = self.seconds
+        try:
+            units = float(value) / model.cost_unit if value is not None else 1.0
+        except (TypeError, ValueError):
+            units = 1.0
+        return round(model.cost_usd * units, 6)
+
+
+def _canvas(model: FalStepModel, what: str, size: Any, step: str) -> list[int]:
+    """Outpainting geometry: the input image at its real size, at the top of the step's
+    canvas (its multiples of the image's width and height), centred across."""
+    if model.canvas is None or not (isinstance(size, list | tuple) and len(size) == 2):
+        raise ValueError(f"{step}: {model.endpoint} needs the input image's size")
+    width, height = int(size[0]), int(size[1])
+    canvas_w, canvas_h = round(width * model.canvas.width), round(height * model.canvas.height)
+    if what == "canvas_size":
+        return [canvas_w, canvas_h]
+    if what == "image_size":
+        return [width, height]
+    return [(canvas_w - width) // 2, 0]  # image_location
 
 
 def _at(result: dict[str, Any], path: str, step: str) -> Any:

@@ -49,6 +49,12 @@ class LocalModels:
         arguments.update(_FIXED.get(step, {}))
         return AppCall(self.app(step), arguments)
 
+    def needs_image_size(self, step: str) -> bool:
+        return False
+
+    def timeout_seconds(self, step: str) -> float | None:
+        return None  # the workflow's allowance per kind of step bounds our jobs
+
     def webhooks(self, step: str) -> bool:
         """Our model server signs its webhooks with the key the API is told to trust."""
         return True

@@ -37,6 +37,13 @@ def main(argv: list[str] | None = None) -> None:
         action="store_true",
         help="benchmarks only: answer every job with its app's first result, instantly",
     )
+    parser.add_argument(
+        "--mimic",
+        choices=["fal"],
+        default=None,
+        help="also serve the hosted endpoints of the fal model map (fal-ai/flux-pro/kontext,"
+        " ...) with their documented arguments and results, computed by our apps",
+    )
     parser.add_argument("--log-level", default="info")
     args = parser.parse_args(argv)
     if args.workers < 1:
@@ -46,7 +53,7 @@ def main(argv: list[str] | None = None) -> None:
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per input download
-    app = create_app(args.data_dir, public_url, args.workers, replay=args.replay)
+    app = create_app(args.data_dir, public_url, args.workers, replay=args.replay, mimic=args.mimic)
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, access_log=False)
 
 

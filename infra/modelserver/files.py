@@ -13,6 +13,7 @@ import mimetypes
 import os
 import re
 import shutil
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -34,12 +35,18 @@ class FileStore:
         self.root.mkdir(parents=True, exist_ok=True)
         self.public_url = public_url.rstrip("/")
 
-    def add(self, output: OutputFile) -> tuple[Path, dict[str, Any]]:
-        """Move ``output`` into the store; return its new path and fal file object."""
+    def add(
+        self, output: OutputFile, *, expires_at: float | None = None
+    ) -> tuple[Path, dict[str, Any]]:
+        """Move ``output`` into the store; return its new path and fal file object. With
+        ``expires_at`` (a Unix time) it is served until then only (fal's object
+        lifecycle); the time is kept beside it, in ``<id>.expires``."""
         ext = _EXTENSIONS.get(output.content_type) or output.path.suffix.lower() or ".bin"
         file_id = f"{uuid.uuid4().hex}{ext}"
         target = self.root / file_id
         shutil.move(output.path, target)
+        if expires_at is not None:
+            _expiry_path(target).write_text(repr(expires_at))
         described: dict[str, Any] = {
             "url": f"{self.public_url}/files/{file_id}",
             "content_type": output.content_type,
@@ -65,7 +72,18 @@ class FileStore:
         if not _FILE_ID.match(file_id):
             return None
         path = self.root / file_id
-        return path if path.is_file() else None
+        if not path.is_file():
+            return None
+        expiry = _expiry_path(path)
+        try:
+            expires_at = float(expiry.read_text())
+        except (OSError, ValueError):
+            return path  # no expiry: served for as long as it is kept
+        if time.time() >= expires_at:
+            path.unlink(missing_ok=True)
+            expiry.unlink(missing_ok=True)
+            return None
+        return path
 
     @staticmethod
     def content_type(path: Path) -> str:
@@ -73,3 +91,7 @@ class FileStore:
             if path.suffix == ext:
                 return content_type
         return mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+
+
+def _expiry_path(path: Path) -> Path:
+    return path.with_name(path.name + ".expires")

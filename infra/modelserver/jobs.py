@@ -139,6 +139,15 @@ class Job:
     generation: int = 0  # stats epoch (bumped by /_local/reset) the job belongs to
     fetched: bool = False  # its result was fetched successfully at least once
     resumed: int = 0  # times a server restart found it unfinished and ran it again
+    # fal's object lifecycle preference sent with it ({"expiration_duration_seconds": N}):
+    # its output files expire N seconds after they are made. None: they never do.
+    lifecycle: dict[str, Any] | None = None
+
+    @property
+    def files_expire_after(self) -> float | None:
+        if self.lifecycle is None:
+            return None
+        return float(self.lifecycle["expiration_duration_seconds"])
 
     @property
     def record_status(self) -> str:
@@ -280,6 +289,7 @@ class JobManager:
                     "cancelled": job.cancelled,
                     "fetched": job.fetched,
                     "resumed": job.resumed,
+                    "lifecycle": job.lifecycle,
                     "logs": job.logs if job.state == State.COMPLETED else [],
                 },
             )
@@ -330,6 +340,7 @@ class JobManager:
             generation=row.epoch,
             fetched=bool(body.get("fetched")),
             resumed=int(body.get("resumed", 0)),
+            lifecycle=body.get("lifecycle"),
         )
         if job.state == State.COMPLETED:
             return job
@@ -383,8 +394,11 @@ class JobManager:
         inputs: BaseModel,
         webhook_url: str | None,
         fault: Fault | None,
+        lifecycle: dict[str, Any] | None = None,
     ) -> Job:
-        job = Job(str(uuid.uuid4()), app, arguments, inputs, webhook_url, fault)
+        job = Job(
+            str(uuid.uuid4()), app, arguments, inputs, webhook_url, fault, lifecycle=lifecycle
+        )
         with self._lock:
             job.generation = self._generation
             self._forget_old_jobs()
@@ -417,8 +431,12 @@ class JobManager:
     # --- queries ------------------------------------------------------------------
 
     def get(self, app: str, request_id: str) -> Job | None:
+        """The job ``request_id`` of ``app``: an endpoint id, or the owner/alias fal's
+        queue files its requests under (fal-ai/flux-pro for fal-ai/flux-pro/kontext)."""
         job = self._jobs.get(request_id)
-        return job if job is not None and job.app == app else None
+        if job is None or app not in (job.app, "/".join(job.app.split("/")[:2])):
+            return None
+        return job
 
     def status(self, job: Job, *, with_logs: bool) -> dict[str, Any]:
         with self._lock:
@@ -478,6 +496,7 @@ class JobManager:
                     "submitted_at": _iso(r.submitted_at),
                     "status": r.record_status,
                     "resumed": r.resumed if isinstance(r, Job) else 0,
+                    "lifecycle": r.lifecycle if isinstance(r, Job) else None,
                 }
                 for r in self._records
             ]
@@ -602,21 +621,26 @@ class JobManager:
         result = self.registry[job.app].run(job.inputs, work_dir, log)
         log("publishing outputs")
         corrupt = fault is not None and fault.kind == "corrupt"
-        published_result: dict[str, Any] = self._publish(result, corrupt, published)
+        expires = job.files_expire_after
+        expires_at = None if expires is None else time.time() + expires
+        published_result: dict[str, Any] = self._publish(result, corrupt, published, expires_at)
         return published_result
 
-    def _publish(self, value: Any, corrupt: bool, published: list[Path]) -> Any:
-        """Replace every ``OutputFile`` in a result with a served fal file object."""
+    def _publish(
+        self, value: Any, corrupt: bool, published: list[Path], expires_at: float | None = None
+    ) -> Any:
+        """Replace every ``OutputFile`` in a result with a served fal file object (served
+        until ``expires_at``, if given)."""
         if isinstance(value, OutputFile):
-            path, described = self.files.add(value)
+            path, described = self.files.add(value, expires_at=expires_at)
             published.append(path)
             if corrupt:
                 self.files.corrupt(path)
             return described
         if isinstance(value, dict):
-            return {k: self._publish(v, corrupt, published) for k, v in value.items()}
+            return {k: self._publish(v, corrupt, published, expires_at) for k, v in value.items()}
         if isinstance(value, list | tuple):
-            return [self._publish(v, corrupt, published) for v in value]
+            return [self._publish(v, corrupt, published, expires_at) for v in value]
         return value
 
     def _finish(

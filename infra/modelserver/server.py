@@ -8,6 +8,14 @@ the returned ``status_url``/``response_url``/``cancel_url`` as given.
 
 Any ``Authorization`` header is accepted and none is required.
 
+With ``mimic="fal"`` (``--mimic fal``) the server also answers fal's own endpoint ids of
+the default model map (``mimic.py``); like fal's queue, it files an endpoint's requests
+under its owner and alias (``fal-ai/flux-pro/requests/<id>`` for
+``fal-ai/flux-pro/kontext``). A submit's ``X-Fal-Object-Lifecycle-Preference`` header
+(``{"expiration_duration_seconds": N}``) makes the job's output files answer 404 N
+seconds after they are made; ``/_local/requests`` records it per request
+(``lifecycle``, None without one).
+
 Webhooks (``?fal_webhook=URL`` on submit) are signed as fal signs them
 (``webhooks.py``), with the key whose public half ``GET /.well-known/jwks.json`` serves
 in fal's JWKS shape (fal serves it at ``https://rest.alpha.fal.ai/.well-known/jwks.json``).
@@ -32,7 +40,7 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Annotated, Any
@@ -41,6 +49,7 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse
 from pydantic import BaseModel, Field, ValidationError
 
+from infra.modelserver import mimic as mimicry
 from infra.modelserver.apps import REGISTRY
 from infra.modelserver.apps.base import AppSpec
 from infra.modelserver.files import FileStore
@@ -133,14 +142,50 @@ def _not_found(what: str) -> JSONResponse:
     return _error(404, f"{what} not found")
 
 
+# fal's per-request object lifecycle: {"expiration_duration_seconds": N} makes the
+# request's output files expire N seconds after they are made (404 afterwards).
+LIFECYCLE_HEADER = "X-Fal-Object-Lifecycle-Preference"
+
+
+def _lifecycle(raw: str | None) -> dict[str, Any] | JSONResponse | None:
+    """The header's preference, None without one, or the 422 a malformed one gets."""
+    if raw is None:
+        return None
+    try:
+        value = json.loads(raw)
+        seconds = value["expiration_duration_seconds"]
+        if not isinstance(seconds, int) or isinstance(seconds, bool) or seconds < 1:
+            raise ValueError(seconds)
+    except (ValueError, KeyError, TypeError):
+        return _error(
+            422,
+            [
+                {
+                    "type": "value_error",
+                    "loc": ["header", LIFECYCLE_HEADER],
+                    "msg": 'expected {"expiration_duration_seconds": a positive integer}',
+                }
+            ],
+        )
+    return {"expiration_duration_seconds": seconds}
+
+
 def create_app(
-    data_dir: Path, public_url: str, workers: int = 2, *, replay: bool = False
+    data_dir: Path,
+    public_url: str,
+    workers: int = 2,
+    *,
+    replay: bool = False,
+    mimic: str | None = None,
 ) -> FastAPI:
-    """The model server as an ASGI app (uvicorn runs it; tests may too)."""
+    """The model server as an ASGI app (uvicorn runs it; tests may too). ``mimic``
+    ("fal"): also serve the hosted endpoints of the default model map (mimic.py)."""
     public = public_url.rstrip("/")
     files = FileStore(data_dir / "files", public)
     signer = WebhookSigner.load_or_create(data_dir / KEY_FILE)
-    manager = JobManager(REGISTRY, data_dir, files, workers, signer, replay=replay)
+    mimicked = mimicry.registry(mimic)
+    registry: dict[str, AppSpec[Any]] = {**REGISTRY, **mimicked}
+    manager = JobManager(registry, data_dir, files, workers, signer, replay=replay)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -154,7 +199,7 @@ def create_app(
     app.state.stall = stall
 
     def urls(job: Job) -> dict[str, str]:
-        base = f"{public}/{job.app}/requests/{job.request_id}"
+        base = f"{public}/{mimicry.queue_base(job.app)}/requests/{job.request_id}"
         return {
             "response_url": base,
             "status_url": f"{base}/status",
@@ -204,7 +249,7 @@ def create_app(
 
     @app.post("/_local/faults", response_model=None)
     async def local_faults(spec: FaultSpec, manager: ManagerDep) -> dict[str, bool] | JSONResponse:
-        if spec.app not in REGISTRY:
+        if spec.app not in registry:
             return _not_found(f"App {spec.app!r}")
         manager.add_fault(spec)
         return {"ok": True}
@@ -219,54 +264,6 @@ def create_app(
         return FileResponse(path, media_type=FileStore.content_type(path))
 
     # --- fal queue protocol --------------------------------------------------------
-
-    @app.post("/{owner}/{alias}", response_model=None, dependencies=STALLED)
-    async def submit(
-        owner: str,
-        alias: str,
-        request: Request,
-        manager: ManagerDep,
-        fal_webhook: str | None = None,
-    ) -> JSONResponse:
-        app_id = f"{owner}/{alias}"
-        spec: AppSpec[Any] | None = REGISTRY.get(app_id)
-        if spec is None:
-            return _not_found(f"App {app_id!r}")
-        try:
-            arguments = await request.json()
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            return _error(
-                422, [{"type": "json_invalid", "loc": ["body"], "msg": "Body is not valid JSON"}]
-            )
-        if not isinstance(arguments, dict):
-            return _error(
-                422, [{"type": "model_type", "loc": ["body"], "msg": "Body must be a JSON object"}]
-            )
-        try:
-            inputs = spec.input_model.model_validate(arguments)
-        except ValidationError as exc:
-            return _error(422, json.loads(exc.json(include_url=False)))
-        fault = manager.take_fault(app_id)
-        if fault is not None and fault.kind in SUBMIT_FAULTS:
-            manager.reject(app_id, arguments)
-            logger.info("rejected app=%s (injected %s)", app_id, fault.kind)
-        if fault is not None and fault.kind == "submit_500":
-            return _error(500, "Internal server error (injected)", "internal_error")
-        if fault is not None and fault.kind == "submit_422":
-            return _error(
-                422, [{"type": "value_error", "loc": ["body"], "msg": "Rejected (injected)"}]
-            )
-        if fault is not None and fault.kind == "submit_403":
-            # As fal answers every request of a locked or exhausted account.
-            return _error(403, ACCOUNT_LOCKED_DETAIL)
-        job = manager.submit(app_id, arguments, inputs, fal_webhook, fault)
-        body = {
-            "request_id": job.request_id,
-            "status": "IN_QUEUE",
-            **urls(job),
-            "queue_position": manager.status(job, with_logs=False).get("queue_position", 0),
-        }
-        return JSONResponse(body, headers={"X-Fal-Request-Id": job.request_id})
 
     @app.get(
         "/{owner}/{alias}/requests/{request_id}/status", response_model=None, dependencies=STALLED
@@ -305,4 +302,82 @@ def create_app(
             return JSONResponse({"status": "CANCELLATION_REQUESTED"}, status_code=202)
         return JSONResponse({"status": "ALREADY_COMPLETED"}, status_code=400)
 
+    async def submit(
+        app_id: str, request: Request, manager: JobManager, fal_webhook: str | None
+    ) -> JSONResponse:
+        spec: AppSpec[Any] | None = registry.get(app_id)
+        if spec is None:
+            return _not_found(f"App {app_id!r}")
+        try:
+            arguments = await request.json()
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            return _error(
+                422, [{"type": "json_invalid", "loc": ["body"], "msg": "Body is not valid JSON"}]
+            )
+        if not isinstance(arguments, dict):
+            return _error(
+                422, [{"type": "model_type", "loc": ["body"], "msg": "Body must be a JSON object"}]
+            )
+        try:
+            inputs = spec.input_model.model_validate(arguments)
+        except ValidationError as exc:
+            if app_id in mimicked:
+                return _error(422, mimicry.validation_detail(exc))
+            return _error(422, json.loads(exc.json(include_url=False)))
+        lifecycle = _lifecycle(request.headers.get(LIFECYCLE_HEADER))
+        if isinstance(lifecycle, JSONResponse):
+            return lifecycle
+        fault = manager.take_fault(app_id)
+        if fault is not None and fault.kind in SUBMIT_FAULTS:
+            manager.reject(app_id, arguments)
+            logger.info("rejected app=%s (injected %s)", app_id, fault.kind)
+        if fault is not None and fault.kind == "submit_500":
+            return _error(500, "Internal server error (injected)", "internal_error")
+        if fault is not None and fault.kind == "submit_422":
+            return _error(
+                422, [{"type": "value_error", "loc": ["body"], "msg": "Rejected (injected)"}]
+            )
+        if fault is not None and fault.kind == "submit_403":
+            # As fal answers every request of a locked or exhausted account.
+            return _error(403, ACCOUNT_LOCKED_DETAIL)
+        job = manager.submit(app_id, arguments, inputs, fal_webhook, fault, lifecycle)
+        body = {
+            "request_id": job.request_id,
+            "status": "IN_QUEUE",
+            **urls(job),
+            "queue_position": manager.status(job, with_logs=False).get("queue_position", 0),
+        }
+        return JSONResponse(body, headers={"X-Fal-Request-Id": job.request_id})
+
+    @app.post("/{owner}/{alias}", response_model=None, dependencies=STALLED)
+    async def submit_app(
+        owner: str,
+        alias: str,
+        request: Request,
+        manager: ManagerDep,
+        fal_webhook: str | None = None,
+    ) -> JSONResponse:
+        return await submit(f"{owner}/{alias}", request, manager, fal_webhook)
+
+    # An endpoint id of more segments (fal-ai/flux-pro/kontext) has a route of its own.
+    for app_id in registry:
+        if app_id.count("/") > 1:
+            app.add_api_route(
+                f"/{app_id}",
+                _submit_to(app_id, submit),
+                methods=["POST"],
+                response_model=None,
+                dependencies=STALLED,
+            )
     return app
+
+
+def _submit_to(
+    app_id: str, submit: Callable[[str, Request, JobManager, str | None], Awaitable[JSONResponse]]
+) -> Callable[..., Awaitable[JSONResponse]]:
+    async def submit_endpoint(
+        request: Request, manager: ManagerDep, fal_webhook: str | None = None
+    ) -> JSONResponse:
+        return await submit(app_id, request, manager, fal_webhook)
+
+    return submit_endpoint

@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -99,20 +100,30 @@ class GCSStorage:
         writer = _AbortableBlobWriter(
             self._blob(key), chunk_size=self._upload_chunk_size, content_type=content_type
         )
+        # One thread per upload runs all the writer's calls, in order: a write abandoned
+        # by a cancellation finishes before the cleanup's terminate starts, instead of
+        # racing it. It also keeps memory flat: the 8 MiB chunk buffers are allocated and
+        # freed in that one thread's malloc arena, where the next chunk reuses them; spread
+        # over the shared pool's threads, each thread's arena kept one (+10 MiB at 60 MB,
+        # bench/storage_memory.py).
+        thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gcs-upload")
+        loop = asyncio.get_running_loop()
         size = 0
         try:
             async for chunk in chunks:
                 if chunk:
-                    await asyncio.to_thread(writer.write, chunk)
+                    await loop.run_in_executor(thread, writer.write, chunk)
                     size += len(chunk)
-            await run_to_completion(writer.close)
+            await run_to_completion(writer.close, executor=thread)
         except BaseException:
             writer.abandon()
             try:
-                await asyncio.to_thread(writer.terminate)
+                await loop.run_in_executor(thread, writer.terminate)
             except Exception:
                 log.warning("could not delete the abandoned upload session for %s", key)
             raise
+        finally:
+            thread.shutdown(wait=False)
         return size
 
     async def write_bytes(self, key: str, data: bytes, *, content_type: str) -> int:

@@ -10,6 +10,10 @@ from __future__ import annotations
 
 from uuid import UUID
 
+# Every finished character's assets are under this prefix (infra/storage/cdn.py links only
+# these through a CDN).
+CHARACTERS = "characters/"
+
 
 def working_files(generation_id: UUID | str) -> str:
     return f"generations/{generation_id}/"
@@ -30,4 +34,4 @@ def picture(generation_id: UUID | str, name: str) -> str:
 
 
 def character_assets(character_id: UUID | str) -> str:
-    return f"characters/{character_id}/"
+    return f"{CHARACTERS}{character_id}/"

@@ -17,6 +17,7 @@ import secrets
 import stat
 import time
 from collections.abc import AsyncIterator, Callable
+from concurrent.futures import Executor
 from datetime import timedelta
 from pathlib import Path
 from typing import TypeVar
@@ -226,15 +227,19 @@ async def _single(data: bytes) -> AsyncIterator[bytes]:
     yield data
 
 
-async def run_to_completion(step: Callable[[], _T]) -> _T:
+async def run_to_completion(step: Callable[[], _T], *, executor: Executor | None = None) -> _T:
     """Run the publishing step of a write (rename, GCS finalise) in a thread, to the end.
 
     If cancellation abandoned the thread mid-step, the object could appear *after* the
     caller had given up and cleaned up. Waiting for the step (one request or one rename)
     keeps what the caller believes in line with what is stored; the cancellation is
-    re-raised afterwards.
+    re-raised afterwards. ``executor``: the thread(s) to run it in, else asyncio's default.
     """
-    future = asyncio.ensure_future(asyncio.to_thread(step))
+    future: asyncio.Future[_T]
+    if executor is None:
+        future = asyncio.ensure_future(asyncio.to_thread(step))
+    else:
+        future = asyncio.get_running_loop().run_in_executor(executor, step)
     try:
         return await asyncio.shield(future)
     except asyncio.CancelledError:

@@ -293,3 +293,100 @@ def test_local_jobs_cost_what_the_settings_price_them_else_nothing(
     monkeypatch.setenv("BITBUDDIES_LOCAL_MODEL_COSTS", json.dumps({"animation": 0.25}))
     with pytest.raises(ValidationError, match="unknown step"):
         Settings()
+
+
+def test_klings_duration_is_our_animation_length_to_the_nearest_clip_it_makes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    adapter = fal(monkeypatch)
+    urls = {"image": "https://f/c.png", "mask": "https://f/m.png"}
+    asked = {
+        seconds: adapter.call("animate", urls, {"prompt": "", "seconds": seconds}).arguments
+        for seconds in (2, 5, 7.4, 7.6, 10, 30)
+    }
+    assert {s: a["duration"] for s, a in asked.items()} == {
+        2: "5",
+        5: "5",
+        7.4: "5",
+        7.6: "10",
+        10: "10",
+        30: "10",
+    }
+    # priced per 5 s clip: a 10 s clip costs twice (our length from the settings)
+    assert adapter.cost("animate") == 0.28
+    monkeypatch.setenv("BITBUDDIES_ANIMATION_SECONDS", "9")
+    assert fal(monkeypatch).cost("animate") == pytest.approx(0.56)
+
+
+def test_brias_canvas_is_computed_from_the_real_size_of_the_cartoon(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    adapter = fal(monkeypatch)
+    assert [s.name for s in contract.MODEL_STEPS if adapter.needs_image_size(s.name)] == ["expand"]
+    urls = {"image": "https://f/c.png"}
+    for size, canvas, location in (
+        ((1024, 1024), [1365, 2048], [170, 0]),
+        ((384, 576), [512, 1152], [64, 0]),
+    ):
+        arguments = adapter.call("expand", urls, {"prompt": "", "image_size": list(size)}).arguments
+        assert arguments["canvas_size"] == canvas
+        assert arguments["original_image_size"] == list(size)
+        assert arguments["original_image_location"] == location
+    with pytest.raises(ValueError, match="needs the input image's size"):
+        adapter.call("expand", urls, {"prompt": ""})
+
+
+def test_every_fal_submission_asks_its_outputs_to_expire(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("BITBUDDIES_FAL_OUTPUT_EXPIRY_SECONDS", "600")
+    adapter = fal(monkeypatch)
+    urls = {role: f"https://f/{role}" for role in ("image", "mask", "video")}
+    params = {"prompt": "", "seconds": 5, "image_size": [64, 64], "fps": 24, "size": 512}
+    for step in contract.MODEL_STEPS:
+        call = adapter.call(step.name, urls, params)
+        if step is contract.ANALYZE:  # ours: no fal object to expire
+            assert call.headers == {}
+        else:
+            assert json.loads(call.headers["X-Fal-Object-Lifecycle-Preference"]) == {
+                "expiration_duration_seconds": 600
+            }, step.name
+    assert Settings().fal_output_expiry_seconds == 600
+    monkeypatch.delenv("BITBUDDIES_FAL_OUTPUT_EXPIRY_SECONDS")
+    assert Settings().fal_output_expiry_seconds == 86400
+
+
+async def test_a_fal_base_url_sends_fal_calls_there_and_ours_to_our_model_server(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("FAL_KEY", "test-key")
+    monkeypatch.setenv("BITBUDDIES_MODEL_SERVER_URL", "http://models.internal:8010")
+    monkeypatch.setenv("BITBUDDIES_FAL_BASE_URL", "http://mimic.internal:8020")
+    client = client_for(Settings())
+    assert isinstance(client, RoutedClient)
+    theirs = await client.get_handle("fal-ai/flux-pro/kontext", "req-2")
+    assert theirs.status_url == "http://mimic.internal:8020/fal-ai/flux-pro/requests/req-2/status"
+    ours = await client.get_handle("bitbuddies/analyze", "req-1")
+    assert ours.status_url == "http://models.internal:8010/bitbuddies/analyze/requests/req-1/status"
+    # without it, fal's own hosts again (the setting is only honoured when set)
+    monkeypatch.delenv("BITBUDDIES_FAL_BASE_URL")
+    real = await client_for(Settings()).get_handle("fal-ai/flux-pro/kontext", "req-3")
+    assert real.status_url.startswith("https://queue.fal.run/fal-ai/flux-pro/requests/req-3")
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"animate": {"arguments": {"duration": "nearest:seconds"}}}, "nearest:<param>"),
+        ({"animate": {"arguments": {"duration": "nearest:seconds:five"}}}, "nearest:<param>"),
+        ({"animate": {"arguments": {"canvas_size": "canvas:canvas_size"}}}, "the step's canvas"),
+        ({"expand": {"arguments": {"canvas_size": "canvas:everything"}}}, "canvas:everything"),
+        ({"animate": {"cost_scales_with": "length"}}, "is no argument"),
+    ],
+)
+def test_a_bad_nearest_or_canvas_source_fails_at_startup(
+    monkeypatch: pytest.MonkeyPatch, overrides: dict[str, Any], message: str
+) -> None:
+    monkeypatch.setenv("BITBUDDIES_FAL_MODELS", json.dumps(overrides))
+    with pytest.raises(ValidationError, match=message):
+        Settings()

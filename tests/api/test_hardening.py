@@ -591,3 +591,23 @@ async def test_production_refuses_unknown_hosts() -> None:
         bad = await client.get("/livez", headers={"Host": "evil.example"})
     assert good.status_code == 200
     assert bad.status_code == 400 and _is_error_body(bad, "bad_host")
+
+
+async def test_an_unhandled_error_is_our_500_with_the_request_id_and_security_headers() -> None:
+    """A bug (here a route that raises) answers the documented error body, says which
+    request it was (its log line: tests/infra/test_log_context.py), and keeps the
+    security headers."""
+    app = create_app(Settings())
+
+    @app.get("/v1/_broken")
+    async def _broken() -> None:
+        raise RuntimeError("a bug")
+
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client:
+        response = await client.get("/v1/_broken", headers={"X-Request-ID": "complaint-42"})
+    assert response.status_code == 500
+    assert _is_error_body(response, "internal_error"), response.text
+    assert response.headers["x-request-id"] == "complaint-42"
+    assert response.headers["x-content-type-options"] == "nosniff"
+    assert response.headers["x-frame-options"] == "DENY"

@@ -12,6 +12,12 @@ import uuid
 import httpx
 import pytest
 import schemathesis
+
+# Imported at collection, not lazily by the test's first from_url call: Python 3.11 keeps
+# the AST constructor's recursion depth in interpreter-wide state, so compiling a module
+# while another thread compiles or parses can fail with "SystemError: AST constructor
+# recursion depth mismatch" (seen once, in this import, in a full run).
+import schemathesis.specs.openapi.schemas
 from hypothesis import HealthCheck, given, settings
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 

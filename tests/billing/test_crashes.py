@@ -203,7 +203,7 @@ async def nudge_stranded(db: Pool, users: list[User]) -> int:
 
 
 API_AND_WORKERS = ("api.app:create_app", "infra.worker")
-MAIN_WORKER = ("infra.worker --pool main",)
+MAIN_WORKER = ("infra.worker --pool interactive",)
 
 
 def stack_db_ports(stack: Stack, processes: tuple[str, ...] = API_AND_WORKERS) -> list[int]:

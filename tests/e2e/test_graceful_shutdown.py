@@ -98,13 +98,13 @@ async def test_a_stopping_api_process_asks_its_streams_to_reconnect_and_loses_no
 async def test_a_stopping_worker_hands_back_its_poll_at_once_and_the_generation_goes_on(
     stack: Stack, http: httpx.AsyncClient, models: httpx.AsyncClient
 ) -> None:
-    # A main worker that polls (provider webhooks off): the poll is what a stop must not
+    # An interactive worker that polls (provider webhooks off): the poll is what a stop must not
     # wait for. Its graceful period is 20 s; the supervisor kills what is not gone in 15.
     polling_cfg = dataclasses.replace(
         stack.cfg, extra_env={**stack.cfg.extra_env, "BITBUDDIES_PROVIDER_WEBHOOKS": "false"}
     )
     stack.worker.stop()
-    polling = supervisor.worker(polling_cfg, "main")
+    polling = supervisor.worker(polling_cfg, "interactive")
     polling.start()
     try:
         user = await signup(http)
@@ -132,7 +132,7 @@ async def test_a_stopping_worker_hands_back_its_poll_at_once_and_the_generation_
         stop_took = time.monotonic() - stopped_at
     finally:
         polling.stop()
-        stack.worker = supervisor.worker(stack.cfg, "main")
+        stack.worker = supervisor.worker(stack.cfg, "interactive")
         stack.worker.start()
     assert stop_took < 8, stop_took
 

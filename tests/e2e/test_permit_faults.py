@@ -55,7 +55,7 @@ async def _wait_for(predicate: Callable[[], Awaitable[bool]], timeout: float = 9
 def _start_worker(stack: Stack, lease_seconds: float) -> None:
     """A new worker process in the stack's place, leasing permits for ``lease_seconds``."""
     stack.worker.stop()
-    worker = supervisor.worker(stack.cfg, "main")
+    worker = supervisor.worker(stack.cfg, "interactive")
     worker.env = {**worker.env, "BITBUDDIES_MODEL_PERMIT_TTL_SECONDS": str(lease_seconds)}
     worker.start()
     stack.worker = worker

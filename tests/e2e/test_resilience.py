@@ -46,7 +46,7 @@ async def test_a_worker_killed_mid_poll_resumes_on_a_new_worker_without_resubmit
 
     async def reported_missing() -> bool:
         health = await http.get("/healthz")
-        # Only the main pool's process died: the media and housekeeping workers run on.
+        # Only the interactive pool's process died: the media and housekeeping workers run on.
         return health.status_code == 503 and health.json()["missing"] == ["worker"]
 
     await _wait_for(reported_missing, timeout=30)  # the dead worker's beats go stale

@@ -218,6 +218,24 @@ def test_every_worker_pool_has_a_deployment_and_an_autoscaler(tmp_path: Path) ->
     assert set(deployments) == {"bitbuddies-api"} | {f"bitbuddies-worker-{p}" for p in POOLS}
 
 
+def test_the_rollout_promotes_the_build_its_workers_run() -> None:
+    """The image tag, the workers' build id and the promote Job's argument are one value,
+    and the Job runs the owner's CLI command that promotes it."""
+    kustomization = yaml.safe_load((DEPLOY / "k8s" / "kustomization.yaml").read_text())
+    tag = kustomization["images"][0]["newTag"]
+    config = next(m for m in k8s_resources() if m["kind"] == "ConfigMap")["data"]
+    assert config["BITBUDDIES_WORKER_BUILD_ID"] == tag
+    command = containers("Job")["bitbuddies-promote"]["command"]
+    assert command[:3] == ["bitbuddies", "promote-version", tag]
+    parser_help = subprocess.run(
+        [sys.executable, "-m", "infra.cli", "promote-version", "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert all(flag in parser_help for flag in command[3:] if flag.startswith("--"))
+
+
 def test_api_probes_and_drain() -> None:
     api = containers("Deployment")["bitbuddies-api"]
     assert api["readinessProbe"]["httpGet"]["path"] == "/healthz"

@@ -11,7 +11,6 @@ real authentication dependency.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import io
 import json
@@ -420,19 +419,15 @@ async def test_a_safe_incoming_request_id_is_kept_and_any_other_replaced(
     assert refused.status_code in (401, 403) and len(refused.headers["x-request-id"]) == 32
 
 
-async def test_the_servers_line_about_an_unhandled_error_names_the_request(
+async def test_the_line_about_an_unhandled_error_names_the_request_and_its_user(
     api: httpx.AsyncClient, captured: Capture
 ) -> None:
-    """uvicorn logs "Exception in ASGI application" after the app raised, in the
-    request's own task: the request's context is still bound there."""
-
-    async def as_uvicorn_does() -> None:
-        try:
-            await api.get("/boom", headers={"Authorization": f"Bearer {TOKEN}"})
-        except RuntimeError:
-            logging.getLogger("uvicorn.error").exception("Exception in ASGI application")
-
-    await asyncio.create_task(as_uvicorn_does())
-    (record,) = captured.about("Exception in ASGI application")
-    assert len(record.request_id) == 32 and record.user_id == str(USER.id)  # type: ignore[attr-defined]
+    """The API logs an unhandled error itself, with its traceback, in the request's
+    context, and answers it with the same request id the line carries."""
+    answer = await api.get("/boom", headers={"Authorization": f"Bearer {TOKEN}"})
+    assert answer.status_code == 500
+    (record,) = captured.about("unhandled error in GET /boom")
+    assert record.request_id == answer.headers["x-request-id"]  # type: ignore[attr-defined]
+    assert record.user_id == str(USER.id)  # type: ignore[attr-defined]
+    assert record.exc_info is not None and str(record.exc_info[1]) == "unexpected"
     assert current_log_context() == {}  # and only there

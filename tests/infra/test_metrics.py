@@ -63,7 +63,7 @@ async def _until(check: Callable[[], Awaitable[bool]]) -> None:
 async def test_one_completed_and_one_failed_generation_show_in_the_metrics(
     stack: Stack, http: httpx.AsyncClient, models: httpx.AsyncClient
 ) -> None:
-    main = f"http://127.0.0.1:{stack.cfg.ports.worker_metrics_port('main')}/metrics"
+    main = f"http://127.0.0.1:{stack.cfg.ports.worker_metrics_port('interactive')}/metrics"
     media = f"http://127.0.0.1:{stack.cfg.ports.worker_metrics_port('media')}/metrics"
 
     async def api() -> Samples:

@@ -36,7 +36,7 @@ async def test_the_worker_log_names_the_generation_and_the_user(
     events = await user.events(generation_id)
     assert events[-1].event == "completed", events[-1]
 
-    log = (stack.cfg.data_dir / "logs" / "worker-main.log").read_text(errors="replace")
+    log = (stack.cfg.data_dir / "logs" / "worker-interactive.log").read_text(errors="replace")
     lines = [_fields(line) for line in log.splitlines() if line.startswith(("{", "20"))]
     mine = [line for line in lines if line.get("workflow_id") == generation_id]
     assert mine, "no line of the worker names the generation's workflow"

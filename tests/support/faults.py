@@ -35,6 +35,20 @@ async def wait_until(predicate, timeout: float = 60.0) -> None:  # type: ignore[
         await asyncio.sleep(0.05)
 
 
+async def drain_task_queue(temporal_address: str, task_queue: str, timeout: float = 120) -> None:
+    """Until no workflow started on ``task_queue`` is running: a test that stops the only
+    workers of a queue of its own lets its workflows end first (a failed generation's
+    alert and cleanup run after its last event), or they would stay open for good."""
+    from temporalio.client import Client
+
+    temporal = await Client.connect(temporal_address)
+    running = f'TaskQueue="{task_queue}" AND ExecutionStatus="Running"'
+    deadline = time.monotonic() + timeout
+    while (await temporal.count_workflows(running)).count:
+        assert time.monotonic() < deadline, f"workflows on {task_queue} still running"
+        await asyncio.sleep(0.2)
+
+
 async def start_generations(http: httpx.AsyncClient, n: int) -> list[tuple[User, str]]:
     started = []
     for _ in range(n):

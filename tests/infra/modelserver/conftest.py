@@ -21,7 +21,9 @@ from tests.support.photos import photo
 
 @pytest.fixture(scope="session")
 def model_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ModelServer]:
-    proc, server = spawn(tmp_path_factory.mktemp("modelserver"), free_port())
+    # It also mimics fal's hosted endpoints (test_modelserver_mimic.py): our own apps are
+    # served the same either way.
+    proc, server = spawn(tmp_path_factory.mktemp("modelserver"), free_port(), mimic="fal")
     try:
         yield server
     finally:

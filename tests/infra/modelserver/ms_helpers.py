@@ -35,9 +35,12 @@ class ModelServer:
         return self.log_path.read_text(errors="replace")
 
 
-def spawn(root: Path, port: int) -> tuple[subprocess.Popen[bytes], ModelServer]:
+def spawn(
+    root: Path, port: int, *, mimic: str | None = None
+) -> tuple[subprocess.Popen[bytes], ModelServer]:
     """Start ``python -m infra.modelserver`` on ``port`` with its data under ``root`` and
-    wait until it answers; the log is appended to, so a restarted server keeps one."""
+    wait until it answers; the log is appended to, so a restarted server keeps one.
+    ``mimic``: its ``--mimic`` (also serve those hosted endpoints)."""
     url = f"http://127.0.0.1:{port}"
     log_path = root / "server.log"
     with log_path.open("ab") as log:
@@ -56,6 +59,7 @@ def spawn(root: Path, port: int) -> tuple[subprocess.Popen[bytes], ModelServer]:
                 str(WORKERS),
                 "--public-url",
                 url,
+                *(["--mimic", mimic] if mimic else []),
             ],
             cwd=REPO,
             stdout=log,

@@ -204,7 +204,15 @@ async def test_requests_lists_every_submission(
     mine = [r for r in records if "marker-7f3a" in json.dumps(r["arguments"])]
     assert len(mine) == 2
     assert {r["app"] for r in mine} == {NSFW}
-    assert set(mine[0]) == {"request_id", "app", "arguments", "submitted_at", "status", "resumed"}
+    assert set(mine[0]) == {
+        "request_id",
+        "app",
+        "arguments",
+        "submitted_at",
+        "status",
+        "resumed",
+        "lifecycle",
+    }
     assert len(records) == 3
 
 
