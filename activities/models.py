@@ -69,6 +69,20 @@ class ModelActivities:
             name=app, max_concurrency=self.rt.settings.model_concurrency
         )
 
+    def _submit_semaphore(self, app: str) -> Any:
+        """The semaphore a submit acquires from. A generation started in bulk (on the
+        batch pool's queue) shares the model's permits but takes one only while more
+        than ``model_permits_kept_for_interactive`` are free, so interactive generations
+        always find those. One table of leases, one count: only the cap a taker may
+        fill differs (the acquire is check-and-insert under the limiter's lock)."""
+        settings = self.rt.settings
+        if activity.info().task_queue != settings.batch_task_queue:
+            return self._semaphore(app)
+        kept = settings.model_permits_kept_for_interactive
+        return get_globally_cached_semaphore(
+            name=app, max_concurrency=settings.model_concurrency - kept
+        )
+
     @property
     def _ttl(self) -> timedelta:
         return timedelta(seconds=self.rt.settings.model_permit_ttl_seconds)
@@ -119,7 +133,7 @@ class ModelActivities:
             job.request_id = submitted
             return job
 
-        semaphore = self._semaphore(app)
+        semaphore = self._submit_semaphore(app)
         # Once the request below is sent the job may be in flight at the provider, even if
         # this worker dies at once, so the lease is marked first: a marked lease never
         # expires by time. One that expired before the mark is gone: wait for another.

@@ -17,6 +17,7 @@ from pydantic import (
     ConfigDict,
     Field,
     SecretStr,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -431,6 +432,20 @@ class Settings(BaseSettings):
     fal_key: SecretStr | None = Field(None, validation_alias="FAL_KEY")
     model_server_url: str = "http://127.0.0.1:8010"
     model_concurrency: int = 2  # jobs in flight per model, across all workers
+    # Of those, how many a generation started in bulk (the batch pool) can never take:
+    # they stay free for generations someone waits for. Less than model_concurrency.
+    model_permits_kept_for_interactive: int = Field(1, ge=0)
+
+    @field_validator("model_permits_kept_for_interactive")
+    @classmethod
+    def _batch_keeps_a_permit(cls, kept: int, info: ValidationInfo) -> int:
+        total = info.data.get("model_concurrency")
+        if total is not None and kept >= total:
+            raise ValueError(
+                f"must be less than BITBUDDIES_MODEL_CONCURRENCY ({total}): bulk generations"
+                " would never get a model"
+            )
+        return kept
     # Hosted models, step by step (the model map above); a JSON object of overrides.
     fal_models: dict[str, FalStepModel] = Field(
         default_factory=lambda: {

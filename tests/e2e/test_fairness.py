@@ -1,5 +1,6 @@
 """Task queue priority and fairness, through the real stack: one user's burst does not
-starve another's, and a bulk generation waits behind interactive ones.
+starve another's, and a bulk generation waits behind interactive ones, at the task
+queues and at the models' permits.
 
 Each generation's workflow starts (workflows/lifecycle.py) with a priority (interactive
 2, batch 4) and its owner's id as fairness key, which its activities inherit, the
@@ -26,9 +27,11 @@ from infra import supervisor
 from infra.database import records
 from infra.settings import Settings
 from infra.storage import storage_from_settings
-from tests.conftest import Stack, insert_generation
+from tests.conftest import Stack, insert_generation, permits_held
 from tests.support.client import signup
+from tests.support.faults import drain_task_queue, provider_requests, wait_until
 from tests.support.photos import photo
+from tests.support.steps import APPS
 from workflows import contract, lifecycle
 
 
@@ -144,3 +147,67 @@ async def test_a_burst_of_one_user_does_not_starve_another_and_bulk_waits(
     # Priority: the bulk generation, though first in the queue, goes after every
     # interactive one.
     assert order[-1] == "bulk", order
+
+
+async def test_a_bulk_job_leaves_interactive_generations_their_model_permits(
+    stack: Stack,
+    http: httpx.AsyncClient,
+    models: httpx.AsyncClient,
+    db: AsyncConnectionPool,  # type: ignore[type-arg]
+) -> None:
+    """With two permits per model and one kept for interactive generations, a bulk job's
+    second generation waits for the model while an interactive one, started after it,
+    gets the permit kept for it at once."""
+    nsfw = APPS[contract.NSFW_FILTER.name]
+    assert Settings().model_concurrency == 2 and Settings().model_permits_kept_for_interactive == 1
+    await wait_until(lambda: _no_permits_held(db), timeout=120)  # earlier tests' jobs gone
+    batch_queue = f"fairness-batch-{uuid.uuid4().hex[:8]}"
+    settings = Settings().model_copy(update={"batch_task_queue": batch_queue})
+    cfg = dataclasses.replace(
+        stack.cfg, extra_env={**stack.cfg.extra_env, "BITBUDDIES_BATCH_TASK_QUEUE": batch_queue}
+    )
+    batch = supervisor.worker(cfg, "batch")
+    temporal = await Client.connect(stack.cfg.temporal_address)
+    bulk_owner = await signup(http)
+    held = {"app": nsfw, "kind": "delay", "times": 2, "seconds": 8}
+    (await models.post("/_local/faults", json=held)).raise_for_status()
+    try:
+        await asyncio.to_thread(batch.start)
+        first = await _start(db, temporal, settings, bulk_owner.id, "batch")
+        second = await _start(db, temporal, settings, bulk_owner.id, "batch")
+
+        async def nsfw_jobs_of(handle: WorkflowHandle) -> int:  # type: ignore[type-arg]
+            return sum(
+                r["app"] == nsfw and handle.id in str(r["arguments"])
+                for r in await provider_requests(models)
+            )
+
+        async def one_bulk_job_in_flight() -> bool:
+            return await nsfw_jobs_of(first) + await nsfw_jobs_of(second) == 1
+
+        await wait_until(one_bulk_job_in_flight, timeout=60)
+        await asyncio.sleep(1.5)  # the other one tries for a permit, and waits
+        assert await one_bulk_job_in_flight()
+        assert await permits_held(db) == 1
+
+        user = await signup(http)
+        started = await user.generate(photo("astronaut.png"))
+        assert started.status_code == 202, started.text
+        interactive = temporal.get_workflow_handle(started.json()["id"])
+
+        async def interactive_submitted() -> bool:
+            return await nsfw_jobs_of(interactive) == 1
+
+        await wait_until(interactive_submitted, timeout=20)
+        # ...while the bulk job's second generation still waits (the first is held 8 s).
+        assert await one_bulk_job_in_flight()
+
+        async with asyncio.timeout(240):
+            await asyncio.gather(first.result(), second.result(), interactive.result())
+        await drain_task_queue(stack.cfg.temporal_address, batch_queue)
+    finally:
+        await asyncio.to_thread(batch.stop)
+
+
+async def _no_permits_held(db: AsyncConnectionPool) -> bool:  # type: ignore[type-arg]
+    return await permits_held(db) == 0

@@ -24,6 +24,7 @@ from activities.providers.local import APPS
 from infra import supervisor
 from tests.conftest import Stack
 from tests.support.client import signup
+from tests.support.faults import job_running
 from tests.support.photos import photo
 from tests.support.steps import STEP_APPS
 from workflows.contract import ANIMATE
@@ -114,17 +115,8 @@ async def test_a_stopping_worker_hands_back_its_poll_at_once_and_the_generation_
         assert started.status_code == 202, started.text
         generation_id = started.json()["id"]
 
-        async def animating() -> bool:
-            jobs = (await models.get("/_local/requests")).json()
-            return any(
-                j["app"] == APPS[ANIMATE.name]
-                and j["status"] == "IN_PROGRESS"
-                and generation_id in str(j["arguments"])
-                for j in jobs
-            )
-
         async with asyncio.timeout(60):
-            while not await animating():
+            while not await job_running(models, APPS[ANIMATE.name], generation_id):
                 await asyncio.sleep(0.1)
         await asyncio.sleep(1)  # the poll waits between two looks
         stopped_at = time.monotonic()

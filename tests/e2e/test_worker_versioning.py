@@ -31,7 +31,7 @@ from infra import supervisor
 from infra.worker import POOLS
 from tests.conftest import Stack, ledger_kinds
 from tests.support.client import signup
-from tests.support.faults import wait_until
+from tests.support.faults import job_running, wait_until
 from tests.support.photos import photo
 from workflows.bitbuddy import BitBuddyWorkflow
 from workflows.contract import ANIMATE
@@ -127,16 +127,9 @@ async def test_a_generation_started_on_one_build_finishes_on_the_next(
         assert started.status_code == 202, started.text
         generation_id = started.json()["id"]
 
-        async def animating() -> bool:
-            jobs = (await models.get("/_local/requests")).json()
-            return any(
-                j["app"] == APPS[ANIMATE.name]
-                and j["status"] == "IN_PROGRESS"
-                and generation_id in str(j["arguments"])
-                for j in jobs
-            )
-
-        await wait_until(animating, timeout=120)
+        await wait_until(
+            lambda: job_running(models, APPS[ANIMATE.name], generation_id), timeout=120
+        )
         promoted = await release.promote("v2")
         assert f"current version: {release.deployment}.v2" in promoted, promoted
         assert f"(was {release.deployment}.v1)" in promoted, promoted

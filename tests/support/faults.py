@@ -28,6 +28,14 @@ async def provider_requests(models: httpx.AsyncClient) -> list[dict[str, Any]]:
     return records
 
 
+async def job_running(models: httpx.AsyncClient, app: str, generation_id: str) -> bool:
+    """Whether the model server runs a job of ``app`` for that generation right now."""
+    return any(
+        j["app"] == app and j["status"] == "IN_PROGRESS" and generation_id in str(j["arguments"])
+        for j in await provider_requests(models)
+    )
+
+
 async def wait_until(predicate, timeout: float = 60.0) -> None:  # type: ignore[no-untyped-def]
     deadline = time.monotonic() + timeout
     while not await predicate():
