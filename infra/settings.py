@@ -446,6 +446,7 @@ class Settings(BaseSettings):
                 " would never get a model"
             )
         return kept
+
     # Hosted models, step by step (the model map above); a JSON object of overrides.
     fal_models: dict[str, FalStepModel] = Field(
         default_factory=lambda: {
