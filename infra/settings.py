@@ -239,8 +239,7 @@ DEFAULT_FAL_MODELS: dict[str, dict[str, Any]] = {
         "timeout_seconds": 1200,
     },
     # birefnet's mask video is the grey matte our transcode merges as alpha. The other
-    # documented choice, veed/video-background-removal with output_codec vp9, gives one
-    # video with alpha instead (see tests/activities/test_fal_adapter.py).
+    # documented choice, VEED_SEGMENT_VIDEO below, gives one video with alpha instead.
     contract.SEGMENT_VIDEO.name: {
         "endpoint": "fal-ai/birefnet/v2/video",
         "arguments": {"video_url": "url:video"},
@@ -251,6 +250,20 @@ DEFAULT_FAL_MODELS: dict[str, dict[str, Any]] = {
         "cost_basis": "estimate: no listed price; veed's listed $0.015 per 30 frames x 120 frames",
         "timeout_seconds": 900,
     },
+}
+
+# The alternative for segment_video: veed's background removal with output_codec vp9 gives
+# ONE VP9 WebM with alpha, which the transcode takes as the character as it is. Switch to
+# it without code: BITBUDDIES_FAL_MODELS='{"segment_video": <this, as JSON>}'.
+VEED_SEGMENT_VIDEO: dict[str, Any] = {
+    "endpoint": "veed/video-background-removal",
+    "arguments": {"video_url": "url:video"},
+    "fixed": {"output_codec": "vp9", "subject_is_person": False},
+    "files": {contract.MASK_VIDEO: {"path": "video", "content_type": "video/webm"}},
+    "data_fixed": {"alpha_video": True},
+    "cost_usd": 0.0675,
+    "cost_basis": "estimate: veed lists $0.015-0.0225 per 30 frames; 5 s is 120 frames",
+    "timeout_seconds": 900,
 }
 
 

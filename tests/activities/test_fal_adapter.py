@@ -21,7 +21,7 @@ from activities.providers.fal import (
     generation_cost,
 )
 from activities.providers.local import APPS, LocalModels
-from infra.settings import OURS, Settings
+from infra.settings import OURS, VEED_SEGMENT_VIDEO, Settings
 from workflows import contract
 
 FIXTURES = Path(__file__).parent / "fixtures" / "fal"
@@ -138,16 +138,7 @@ def test_the_mask_video_step_swaps_to_veed_from_the_environment_without_code(
     adapter = fal(
         monkeypatch,
         {
-            "segment_video": {
-                "endpoint": "veed/video-background-removal",
-                "arguments": {"video_url": "url:video"},
-                "fixed": {"output_codec": "vp9", "subject_is_person": False},
-                # One video with alpha: the transcode can take its alpha as it is.
-                "files": {"mask_video": {"path": "video", "content_type": "video/webm"}},
-                "data_fixed": {"alpha_video": True},
-                "cost_usd": 0.0675,
-                "timeout_seconds": 900,
-            },
+            "segment_video": VEED_SEGMENT_VIDEO,  # one video with alpha
             "cartoonify": {"cost_usd": 0.05},  # one field of another step
         },
     )

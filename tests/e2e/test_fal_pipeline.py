@@ -27,7 +27,7 @@ import pytest
 
 from infra import supervisor
 from infra.modelserver import mimic
-from infra.settings import DEFAULT_FAL_MODELS
+from infra.settings import DEFAULT_FAL_MODELS, VEED_SEGMENT_VIDEO
 from tests.conftest import Stack
 from tests.support.client import User, signup
 from tests.support.faults import drain_task_queue
@@ -46,15 +46,7 @@ FAL_ENDPOINTS = {
 # segment_video swapped to veed (one VP9 WebM with alpha), and cartoonify given a short
 # allowance, from the environment alone.
 VEED_AND_SHORT_CARTOONIFY = {
-    "segment_video": {
-        "endpoint": mimic.VEED,
-        "arguments": {"video_url": "url:video"},
-        "fixed": {"output_codec": "vp9", "subject_is_person": False},
-        "files": {"mask_video": {"path": "video", "content_type": "video/webm"}},
-        "data_fixed": {"alpha_video": True},
-        "cost_usd": 0.0675,
-        "timeout_seconds": 900,
-    },
+    "segment_video": VEED_SEGMENT_VIDEO,
     "cartoonify": {"timeout_seconds": 4},
 }
 
@@ -262,6 +254,7 @@ async def test_veeds_video_with_alpha_is_the_character_and_a_step_past_its_timeo
 
 
 def test_the_default_maps_endpoints_are_the_ones_mimicked() -> None:
+    assert VEED_SEGMENT_VIDEO["endpoint"] == mimic.VEED
     assert {m["endpoint"] for m in DEFAULT_FAL_MODELS.values()} - {"ours"} == set(
         FAL_ENDPOINTS.values()
     )
