@@ -458,7 +458,10 @@ async def test_a_paid_purchase_shows_at_once_and_a_cancelled_one_charges_nothing
         await expect(page.locator("[data-balance]")).to_have_text(re.compile("Balance: 3 tokens"))
         await _choose_pack(page, stripe_url)
         await page.get_by_role("button", name="Pay").click()
-        await page.wait_for_url("**/account?purchase=complete*")
+        # "commit": the page replaces this URL with /account as soon as it has said the
+        # outcome, which can be before its load event (a cancelled purchase needs only the
+        # balance), so waiting for the load would miss it.
+        await page.wait_for_url("**/account?purchase=complete*", wait_until="commit")
         status = page.locator("#purchase-status")
         await expect(status).to_have_text(
             "+10 tokens added. Balance: 13 tokens.", timeout=BUY_TIMEOUT_MS
@@ -481,7 +484,7 @@ async def test_a_paid_purchase_shows_at_once_and_a_cancelled_one_charges_nothing
         await page.keyboard.press("Enter")
         await page.wait_for_url(f"{stripe_url}/pay/*")
         await page.get_by_role("link", name="Cancel").click()
-        await page.wait_for_url("**/account?purchase=cancelled")
+        await page.wait_for_url("**/account?purchase=cancelled", wait_until="commit")
         await expect(status).to_have_text("Payment cancelled; nothing was charged.")
         await expect(page.locator("#balance")).to_have_text("Balance: 13 tokens")
         await screenshot(page, "purchase-cancelled")
